@@ -1,0 +1,45 @@
+"""The environment a job's process gets on this agent.
+
+The agent's own environment, less every variable that configures the agent (so the
+registration token never reaches a job), plus the server's job env, plus what only the agent
+knows: its name, the checkout path, the endpoint and the job's own token.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+from conveyor.config import AgentSettings, env_var_names
+
+AGENT_ENV_PREFIXES = ("CONVEYOR_", "CONVEYOR_AGENT_")
+_SCRUBBED = frozenset(env_var_names(AgentSettings, AGENT_ENV_PREFIXES))
+
+
+def job_process_env(
+    server_env: Mapping[str, str],
+    *,
+    agent_name: str,
+    checkout_path: Path,
+    endpoint: str,
+    job_token: str,
+    use_pty: bool,
+    base: Mapping[str, str] | None = None,
+) -> dict[str, str]:
+    inherited = {k: v for k, v in (os.environ if base is None else base).items()}
+    env = {k: v for k, v in inherited.items() if k not in _SCRUBBED}
+    env.update(server_env)
+    facts = {
+        "CONVEYOR_AGENT_NAME": agent_name,
+        "CONVEYOR_BUILD_CHECKOUT_PATH": str(checkout_path),
+        "CONVEYOR_AGENT_ENDPOINT": endpoint,
+        "CONVEYOR_AGENT_ACCESS_TOKEN": job_token,
+        "CONVEYOR_PTY": "true" if use_pty else "false",
+    }
+    for name, value in list(facts.items()):
+        facts["BUILDKITE_" + name.removeprefix("CONVEYOR_")] = value
+    env.update(facts)
+    if use_pty:
+        env.setdefault("TERM", "xterm-256color")
+    return env

@@ -1,0 +1,191 @@
+"""One worker: register, connect, then heartbeat and ping until stopped; runs one job at a time."""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import anyio
+import httpx
+from anyio.abc import TaskStatus
+
+from conveyor import __version__
+from conveyor import protocol as p
+from conveyor.agent.heartbeat import heartbeat_loop
+from conveyor.agent.jobenv import job_process_env
+from conveyor.agent.ping import PingLoop
+from conveyor.client import AgentClient, JobClient
+from conveyor.errors import APIError, JobGoneError
+from conveyor.runner import JobRun, JobRunner
+
+log = logging.getLogger("conveyor.agent")
+
+# Seconds a stopping worker gives `finish` and `disconnect`, even when cancelled.
+FINISH_DEADLINE_S = 10 * 60
+DISCONNECT_DEADLINE_S = 10
+
+Tee = Callable[[p.JobSpec], Callable[[bytes], None] | None]
+
+
+@dataclass(frozen=True)
+class WorkerOptions:
+    endpoint: str
+    registration_token: str
+    name: str = "%hostname-%spawn"
+    tags: dict[str, str] = field(default_factory=dict)
+    priority: int = 0
+    build_path: Path = Path("~/.conveyor/builds").expanduser()
+    shell: str = "/bin/bash -e -c"
+    use_pty: bool = True
+    ping_interval: int = 0  # 0: the server's
+    cancel_grace: float = 10.0
+    # `conveyor run` runs jobs in the working tree itself instead of a checkout.
+    workdir: Path | None = None
+
+
+def worker_name(template: str, index: int) -> str:
+    return template.replace("%hostname", socket.gethostname()).replace("%spawn", str(index))
+
+
+class AgentWorker:
+    def __init__(
+        self, options: WorkerOptions, http: httpx.AsyncClient, *, index: int, tee: Tee | None = None
+    ):
+        self.options = options
+        self.index = index
+        self.name = worker_name(options.name, index)
+        self._registration = AgentClient(http, options.registration_token)
+        self._tee = tee
+        self._ping: PingLoop | None = None
+        self._runner: JobRunner | None = None
+        self._stop_requested = False
+        self.agent_id: str | None = None
+        self.jobs_run = 0
+
+    def stop(self) -> None:
+        """Take no more jobs; finish the running one, then disconnect."""
+        self._stop_requested = True
+        if self._ping is not None:
+            self._ping.stop()
+
+    def cancel_job(self, reason: p.SignalReason = p.SignalReason.AGENT_STOP) -> None:
+        if self._runner is not None:
+            self._runner.cancel(reason)
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        opts = self.options
+        registered = await self._registration.register(
+            p.RegisterRequest(
+                name=self.name,
+                hostname=socket.gethostname(),
+                os=platform.system().lower(),
+                arch=platform.machine(),
+                version=__version__,
+                pid=os.getpid(),
+                tags=opts.tags,
+                priority=opts.priority,
+            )
+        )
+        self.agent_id = registered.id
+        client = self._registration.with_token(registered.access_token)
+        await client.connect()
+        log.info("%s: registered as %s and connected", self.name, registered.id)
+        interval = opts.ping_interval or registered.ping_interval
+        self._ping = PingLoop(client, interval, lambda job_id: self._run_job(client, job_id),
+                              name=self.name)  # fmt: skip
+        if self._stop_requested:
+            self._ping.stop()
+        task_status.started()
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(heartbeat_loop, client, registered.heartbeat_interval, self.name)
+                await self._ping.run()
+                tg.cancel_scope.cancel()
+        finally:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(DISCONNECT_DEADLINE_S):
+                try:
+                    await client.disconnect()
+                    log.info("%s: disconnected", self.name)
+                except (httpx.TransportError, APIError) as exc:
+                    log.warning("%s: disconnect failed: %s", self.name, exc)
+
+    async def _run_job(self, client: AgentClient, job_id: str) -> None:
+        try:
+            spec = await client.accept(job_id)
+        except (httpx.TransportError, APIError) as exc:
+            log.warning("%s: could not accept job %s: %s", self.name, job_id, exc)
+            return
+        job = client.job_client(spec)
+        try:
+            await job.start()
+        except (httpx.TransportError, APIError) as exc:
+            log.warning("%s: could not start job %s: %s", self.name, job_id, exc)
+            await self._finish(job, exit_status=-1, reason=p.SignalReason.PROCESS_RUN_ERROR)
+            return
+        workdir = self.options.workdir or (
+            self.options.build_path / self.name / spec.pipeline
+        )
+        run = JobRun(
+            command=spec.command,
+            env=job_process_env(
+                spec.env,
+                agent_name=self.name,
+                checkout_path=workdir,
+                endpoint=self.options.endpoint,
+                job_token=spec.token,
+                use_pty=self.options.use_pty,
+            ),
+            cwd=workdir,
+            shell=self.options.shell,
+            use_pty=self.options.use_pty,
+            chunk_max_size=spec.chunks_max_size_bytes,
+            chunk_interval=spec.chunks_interval_seconds,
+            cancel_grace=self.options.cancel_grace,
+        )
+        tee = self._tee(spec) if self._tee is not None else None
+        self._runner = JobRunner(run, job, tee=tee)
+        log.info("%s: running job %s (%s)", self.name, spec.id, spec.label)
+        try:
+            result = await self._runner.run()
+        finally:
+            self._runner = None
+        self.jobs_run += 1
+        await self._finish(
+            job,
+            exit_status=result.exit_status,
+            signal=result.signal,
+            reason=result.signal_reason,
+            chunks_failed_count=result.chunks_failed_count,
+        )
+        log.info("%s: job %s exited with %s", self.name, spec.id, result.exit_status)
+
+    async def _finish(
+        self,
+        job: JobClient,
+        *,
+        exit_status: int,
+        signal: str | None = None,
+        reason: p.SignalReason | None = None,
+        chunks_failed_count: int = 0,
+    ) -> None:
+        body = p.FinishRequest(
+            exit_status=exit_status,
+            signal=signal,
+            signal_reason=reason,
+            finished_at=datetime.now(UTC),
+            chunks_failed_count=chunks_failed_count,
+        )
+        # Finishing is the last word on the job: it gets its own deadline even when stopping.
+        with anyio.CancelScope(shield=True), anyio.move_on_after(FINISH_DEADLINE_S):
+            try:
+                await job.finish(body)
+            except JobGoneError:
+                log.warning("%s: job %s was already finished or is gone", self.name, job.job_id)
+            except (httpx.TransportError, APIError) as exc:
+                log.error("%s: could not finish job %s: %s", self.name, job.job_id, exc)

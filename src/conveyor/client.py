@@ -1,0 +1,214 @@
+"""The agent's HTTP client: one method per agent API endpoint, each with its retry budget.
+
+`AgentClient` speaks with the worker's access token (or the registration token, for
+`register`); `JobClient` with a job's own token. A retryable failure (network error, 429, 5xx)
+is retried with exponential backoff and jitter, honouring `Retry-After`; any other 4xx is final.
+A 401 or 404 on a job call raises `JobGoneError`: the job is finished, reassigned or gone.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import anyio
+import httpx
+from pydantic import BaseModel
+
+from conveyor import __version__
+from conveyor import protocol as p
+from conveyor.errors import APIError, JobGoneError, is_retryable
+
+log = logging.getLogger("conveyor.client")
+
+M = TypeVar("M", bound=BaseModel)
+R = TypeVar("R")
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """`attempts` tries in all; the n-th wait is base·2ⁿ capped at `cap`, with jitter."""
+
+    attempts: int
+    base: float = 1.0
+    cap: float = 60.0
+    network_only: bool = False
+
+    def delay(self, attempt: int, retry_after: float | None) -> float:
+        window = min(self.cap, self.base * 2**attempt)
+        wait = random.uniform(window / 2, window)
+        return max(wait, retry_after or 0.0)
+
+
+# Budgets per call, after the Buildkite agent's (shorter where a local server is the norm).
+REGISTER = Backoff(attempts=30, base=1, cap=10)
+CONNECT = Backoff(attempts=10, base=1, cap=5)
+DISCONNECT = Backoff(attempts=4, base=0.5, cap=1)
+HEARTBEAT = Backoff(attempts=10, base=1, cap=5)
+PING = Backoff(attempts=1)
+ACCEPT = Backoff(attempts=30, base=0.5, cap=5, network_only=True)
+START = Backoff(attempts=7, base=1, cap=32)
+CHUNK = Backoff(attempts=12, base=1, cap=120)
+FINISH = Backoff(attempts=12, base=1, cap=120)
+STATE = Backoff(attempts=3, base=0.5, cap=2)
+
+
+async def retrying(what: str, policy: Backoff, call: Callable[[], Awaitable[R]]) -> R:
+    attempt = 0
+    while True:
+        try:
+            return await call()
+        except (httpx.TransportError, APIError) as exc:
+            retryable = is_retryable(exc) and not (
+                policy.network_only and isinstance(exc, APIError)
+            )
+            attempt += 1
+            if not retryable or attempt >= policy.attempts:
+                raise
+            retry_after = exc.retry_after if isinstance(exc, APIError) else None
+            delay = policy.delay(attempt - 1, retry_after)
+            log.warning("%s failed (%s); retrying in %.1fs", what, exc, delay)
+            await anyio.sleep(delay)
+
+
+def _error(response: httpx.Response, *, job_call: bool) -> APIError:
+    try:
+        message = str(response.json().get("message", response.text))
+    except ValueError:
+        message = response.text[:500] or response.reason_phrase
+    retry_after: float | None = None
+    header = response.headers.get("retry-after")
+    if header is not None:
+        try:
+            retry_after = float(header)
+        except ValueError:
+            retry_after = None
+    if job_call and response.status_code in (401, 404):
+        return JobGoneError(response.status_code, message)
+    return APIError(response.status_code, message, retry_after=retry_after)
+
+
+def new_http_client(endpoint: str) -> httpx.AsyncClient:
+    return httpx.AsyncClient(
+        base_url=endpoint.rstrip("/"),
+        timeout=httpx.Timeout(60.0, connect=10.0),
+        headers={"User-Agent": f"conveyor-agent/{__version__}"},
+        limits=httpx.Limits(max_connections=20, max_keepalive_connections=10),
+    )
+
+
+class _Base:
+    def __init__(self, http: httpx.AsyncClient, token: str, *, job_call: bool = False):
+        self._http = http
+        self._headers = {"Authorization": f"Token {token}"}
+        self._job_call = job_call
+
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        content: bytes | None = None,
+        params: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> httpx.Response:
+        response = await self._http.request(
+            method,
+            p.API_PREFIX + path,
+            json=json,
+            content=content,
+            params=params,
+            headers={**self._headers, **(headers or {})},
+        )
+        if response.status_code >= 400:
+            raise _error(response, job_call=self._job_call)
+        return response
+
+    async def _call(
+        self, what: str, policy: Backoff, method: str, path: str, model: type[M], **kw: Any
+    ) -> M:
+        async def once() -> M:
+            return model.model_validate_json((await self._request(method, path, **kw)).content)
+
+        return await retrying(what, policy, once)
+
+    async def _call_empty(
+        self, what: str, policy: Backoff, method: str, path: str, **kw: Any
+    ) -> None:
+        async def once() -> None:
+            await self._request(method, path, **kw)
+
+        await retrying(what, policy, once)
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+class AgentClient(_Base):
+    """Calls made with the registration token (register) or a worker's access token."""
+
+    async def register(self, body: p.RegisterRequest) -> p.RegisterResponse:
+        return await self._call(
+            "register", REGISTER, "POST", "/register", p.RegisterResponse,
+            json=body.model_dump(mode="json"),
+        )  # fmt: skip
+
+    def with_token(self, token: str) -> AgentClient:
+        return AgentClient(self._http, token)
+
+    async def connect(self) -> None:
+        await self._call_empty("connect", CONNECT, "POST", "/connect")
+
+    async def disconnect(self) -> None:
+        await self._call_empty("disconnect", DISCONNECT, "POST", "/disconnect")
+
+    async def heartbeat(self) -> p.HeartbeatResponse:
+        return await self._call(
+            "heartbeat", HEARTBEAT, "POST", "/heartbeat", p.HeartbeatResponse,
+            json={"sent_at": _now()},
+        )  # fmt: skip
+
+    async def ping(self) -> p.PingResponse:
+        return await self._call("ping", PING, "GET", "/ping", p.PingResponse)
+
+    async def accept(self, job_id: str) -> p.JobSpec:
+        return await self._call("accept", ACCEPT, "PUT", f"/jobs/{job_id}/accept", p.JobSpec)
+
+    def job_client(self, spec: p.JobSpec) -> JobClient:
+        return JobClient(self._http, spec.token, spec.id)
+
+
+class JobClient(_Base):
+    """Calls made with a job's own token, for that job only."""
+
+    def __init__(self, http: httpx.AsyncClient, token: str, job_id: str):
+        super().__init__(http, token, job_call=True)
+        self.job_id = job_id
+
+    async def start(self) -> None:
+        await self._call_empty(
+            "start", START, "PUT", f"/jobs/{self.job_id}/start", json={"started_at": _now()}
+        )
+
+    async def upload_chunk(self, sequence: int, offset: int, data: bytes) -> p.ChunkAck:
+        return await self._call(
+            f"chunk {sequence}", CHUNK, "POST", f"/jobs/{self.job_id}/chunks", p.ChunkAck,
+            content=data,
+            params={"sequence": sequence, "offset": offset, "size": len(data)},
+            headers={"Content-Type": "application/octet-stream"},
+        )  # fmt: skip
+
+    async def state(self) -> p.JobStateResponse:
+        return await self._call("job state", STATE, "GET", f"/jobs/{self.job_id}", p.JobStateResponse)
+
+    async def finish(self, body: p.FinishRequest) -> None:
+        await self._call_empty(
+            "finish", FINISH, "PUT", f"/jobs/{self.job_id}/finish",
+            json=body.model_dump(mode="json"),
+        )  # fmt: skip

@@ -1,0 +1,101 @@
+"""The exception hierarchy of Conveyor, in one place.
+
+    ConveyorError                  anything Conveyor raises on purpose; its message is for users
+    ├── ConfigError                a setting is unknown or has a bad value (names key and source)
+    ├── PipelineError              a pipeline document is rejected (names file, line, step)
+    ├── StorageError               the database refused or lost something
+    │   ├── NotFoundError          no such build / job / agent / token
+    │   └── ConflictError          a write contradicts what is stored (e.g. a chunk at an offset)
+    ├── AuthError                  a token is missing, unknown or revoked
+    ├── InvalidStateError          a state transition the protocol does not allow
+    └── APIError                   the server answered a client call with an error status
+        └── JobGoneError           401/404 on a job call: the job is finished, reassigned or gone
+
+`is_retryable(exc)` is the single retry classifier: network errors, 429 and 5xx are worth
+retrying; every other 4xx is final.
+"""
+
+from __future__ import annotations
+
+import httpx
+
+
+class ConveyorError(Exception):
+    """Base class. `str(exc)` is a complete sentence fit to show a user."""
+
+
+class ConfigError(ConveyorError):
+    """A setting is unknown or invalid. `key` and `source` say which and where from."""
+
+    def __init__(self, message: str, *, key: str | None = None, source: str | None = None):
+        self.key = key
+        self.source = source
+        super().__init__(message)
+
+
+class PipelineError(ConveyorError):
+    """A pipeline document was rejected. Line and column are 1-based."""
+
+    def __init__(
+        self,
+        problem: str,
+        *,
+        file: str = "<pipeline>",
+        line: int | None = None,
+        column: int | None = None,
+        step: str | None = None,
+    ):
+        self.problem = problem
+        self.file = file
+        self.line = line
+        self.column = column
+        self.step = step
+        where = file
+        if line is not None:
+            where += f":{line}"
+            if column is not None:
+                where += f":{column}"
+        what = f" in step {step!r}" if step else ""
+        super().__init__(f"{where}: {problem}{what}")
+
+
+class StorageError(ConveyorError):
+    """The database refused or lost something."""
+
+
+class NotFoundError(StorageError):
+    """No such entity."""
+
+
+class ConflictError(StorageError):
+    """A write contradicts what is already stored."""
+
+
+class AuthError(ConveyorError):
+    """A token is missing, unknown or revoked."""
+
+
+class InvalidStateError(ConveyorError):
+    """The requested state change is not allowed from the current state."""
+
+
+class APIError(ConveyorError):
+    """The server answered with an error status."""
+
+    def __init__(self, status: int, message: str, *, retry_after: float | None = None):
+        self.status = status
+        self.retry_after = retry_after
+        super().__init__(f"server answered {status}: {message}")
+
+
+class JobGoneError(APIError):
+    """The job's token was refused or the job no longer exists: stop working on it."""
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """True for failures worth another try: network errors, 429 and 5xx."""
+    if isinstance(exc, httpx.TransportError):
+        return True
+    if isinstance(exc, APIError):
+        return exc.status == 429 or exc.status >= 500
+    return False

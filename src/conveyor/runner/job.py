@@ -1,0 +1,102 @@
+"""One job, start to end: spawn the command, stream its log, map how it ended."""
+
+from __future__ import annotations
+
+import logging
+import shlex
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import anyio
+
+from conveyor.protocol import SignalReason
+from conveyor.runner.logstream import LogSink, LogStreamer
+from conveyor.runner.process import run_process
+
+log = logging.getLogger("conveyor.runner")
+
+
+@dataclass(frozen=True)
+class JobRun:
+    """What to run and how."""
+
+    command: str
+    env: dict[str, str]
+    cwd: Path
+    shell: str = "/bin/bash -e -c"
+    use_pty: bool = True
+    chunk_max_size: int = 1024 * 1024
+    chunk_interval: float = 1.0
+    cancel_signal: int = signal.SIGTERM
+    cancel_grace: float = 10.0
+
+
+@dataclass(frozen=True)
+class JobResult:
+    exit_status: int
+    signal: str | None
+    signal_reason: SignalReason | None
+    chunks_failed_count: int
+    log_bytes: int
+
+
+class JobRunner:
+    """Runs one `JobRun`; `cancel(reason)` stops it (signal, grace, SIGKILL) from outside."""
+
+    def __init__(
+        self, run: JobRun, sink: LogSink, *, tee: Callable[[bytes], None] | None = None
+    ) -> None:
+        self.run_spec = run
+        self._sink = sink
+        self._tee = tee
+        self._scope = anyio.CancelScope()
+        self._cancel_reason: SignalReason | None = None
+
+    def cancel(self, reason: SignalReason) -> None:
+        if self._cancel_reason is None:
+            self._cancel_reason = reason
+        self._scope.cancel()
+
+    async def run(self) -> JobResult:
+        spec = self.run_spec
+        status, sig, reason = -1, None, None
+        async with LogStreamer(
+            self._sink, max_chunk_size=spec.chunk_max_size, interval=spec.chunk_interval
+        ) as streamer:
+
+            async def output(data: bytes) -> None:
+                if self._tee is not None:
+                    self._tee(data)
+                await streamer.write(data)
+
+            with self._scope:
+                try:
+                    await anyio.Path(spec.cwd).mkdir(parents=True, exist_ok=True)
+                    argv = [*shlex.split(spec.shell), spec.command]
+                    exit_ = await run_process(
+                        argv,
+                        env=spec.env,
+                        cwd=spec.cwd,
+                        on_output=output,
+                        use_pty=spec.use_pty,
+                        cancel_signal=spec.cancel_signal,
+                        cancel_grace=spec.cancel_grace,
+                    )
+                    status, sig = exit_.status, exit_.signal
+                except OSError as exc:
+                    # The command could not even start (no shell, bad directory, ...): say so
+                    # in the log, where the user will look first.
+                    await output(f"conveyor: could not start the job: {exc}\r\n".encode())
+                    reason = SignalReason.PROCESS_RUN_ERROR
+            if self._scope.cancelled_caught:
+                status, sig = -1, signal.Signals(spec.cancel_signal).name
+                reason = self._cancel_reason or SignalReason.CANCEL
+        return JobResult(
+            exit_status=status,
+            signal=sig,
+            signal_reason=reason,
+            chunks_failed_count=streamer.chunks_failed_count,
+            log_bytes=streamer.bytes_written,
+        )

@@ -1,0 +1,1 @@
+"""The dispatch server: agent API, REST API, scheduler and dispatcher over `storage`."""

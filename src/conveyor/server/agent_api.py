@@ -1,0 +1,215 @@
+"""Agent API v1 (DESIGN §7): what agents call to register, get work, stream logs and finish."""
+
+from __future__ import annotations
+
+import gzip
+import zlib
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
+
+from conveyor import protocol as p
+from conveyor.errors import ConflictError, InvalidStateError, NotFoundError
+from conveyor.server import jobenv, scheduler
+from conveyor.server.auth import agent_token, context, job_token, registration_token
+from conveyor.server.dispatcher import claim_job
+from conveyor.storage.queries.base import utcnow
+from conveyor.storage.rows import TokenRow
+
+router = APIRouter(prefix=p.API_PREFIX, tags=["agent"])
+
+AgentToken = Annotated[TokenRow, Depends(agent_token)]
+JobToken = Annotated[TokenRow, Depends(job_token)]
+
+_LIVE_JOB_STATES = ("accepted", "running", "canceling")
+
+
+def _agent_id(token: TokenRow) -> str:
+    assert token.agent_id is not None
+    return token.agent_id
+
+
+@router.post("/register", response_model=p.RegisterResponse)
+async def register(
+    body: p.RegisterRequest,
+    request: Request,
+    _: Annotated[TokenRow, Depends(registration_token)],
+) -> p.RegisterResponse:
+    ctx = context(request)
+    async with ctx.store.transaction() as tx:
+        agent_id = await tx.insert_agent(
+            name=body.name,
+            hostname=body.hostname,
+            os=body.os,
+            arch=body.arch,
+            version=body.version,
+            pid=body.pid,
+            tags=body.tags,
+            priority=body.priority,
+        )
+        access_token = await tx.create_token("agent", agent_id=agent_id)
+    return p.RegisterResponse(
+        id=agent_id,
+        name=body.name,
+        access_token=access_token,
+        ping_interval=ctx.ping_interval,
+        heartbeat_interval=ctx.heartbeat_interval,
+        job_status_interval=ctx.job_status_interval,
+    )
+
+
+@router.post("/connect", status_code=204)
+async def connect(request: Request, token: AgentToken) -> None:
+    async with context(request).store.transaction() as tx:
+        await tx.set_agent_state(_agent_id(token), "connected")
+
+
+@router.post("/disconnect", status_code=204)
+async def disconnect(request: Request, token: AgentToken) -> None:
+    agent_id = _agent_id(token)
+    async with context(request).store.transaction() as tx:
+        # A job handed out but never accepted goes back to the queue for another agent.
+        held = await tx.assigned_job(agent_id)
+        if held is not None:
+            await tx.transition_job(held.id, ["assigned"], "scheduled", agent_id=None)
+        await tx.set_agent_state(agent_id, "disconnected", current_job_id=None)
+        await tx.revoke_agent_tokens(agent_id)
+
+
+@router.post("/heartbeat", response_model=p.HeartbeatResponse)
+async def heartbeat(
+    body: p.HeartbeatRequest, request: Request, token: AgentToken
+) -> p.HeartbeatResponse:
+    now = utcnow()
+    async with context(request).store.transaction() as tx:
+        await tx.record_heartbeat(_agent_id(token), now)
+    return p.HeartbeatResponse(sent_at=body.sent_at, received_at=now)
+
+
+@router.get("/ping", response_model=p.PingResponse)
+async def ping(request: Request, token: AgentToken) -> p.PingResponse:
+    agent_id = _agent_id(token)
+    async with context(request).store.transaction() as tx:
+        await tx.touch_agent(agent_id)
+        agent = await tx.get_agent(agent_id)
+        job = await claim_job(tx, agent)
+    if job is None:
+        return p.PingResponse()
+    return p.PingResponse(job=p.JobRef(id=job.id))
+
+
+@router.put("/jobs/{job_id}/accept", response_model=p.JobSpec)
+async def accept(job_id: str, request: Request, token: AgentToken) -> p.JobSpec:
+    ctx = context(request)
+    agent_id = _agent_id(token)
+    async with ctx.store.transaction() as tx:
+        try:
+            job = await tx.get_job(job_id)
+        except NotFoundError as exc:
+            raise HTTPException(404, str(exc)) from None
+        if job.agent_id != agent_id:
+            raise HTTPException(409, "this job is not assigned to you")
+        try:
+            await tx.require_transition(job_id, ["assigned"], "accepted", accepted_at=utcnow())
+        except InvalidStateError as exc:
+            raise HTTPException(409, str(exc)) from None
+        agent = await tx.get_agent(agent_id)
+        build = await tx.get_build(job.build_id)
+        token_value = await tx.create_token("job", job_id=job_id)
+    step = next(s for s in build.steps if s.id == job.step_id)
+    return p.JobSpec(
+        id=job.id,
+        build_id=build.id,
+        build_number=build.number,
+        pipeline=build.pipeline_slug,
+        step_key=step.key,
+        label=job.label,
+        command=job.command,
+        env=jobenv.job_env(build, step, job, agent, endpoint=ctx.external_url),
+        token=token_value,
+        chunks_max_size_bytes=ctx.chunk_max_size,
+        chunks_interval_seconds=ctx.chunk_interval,
+        log_max_size_bytes=ctx.log_max_size,
+    )
+
+
+@router.put("/jobs/{job_id}/start", status_code=204)
+async def start(job_id: str, body: p.StartRequest, request: Request, _: JobToken) -> None:
+    ctx = context(request)
+    async with ctx.store.transaction() as tx:
+        try:
+            await tx.require_transition(job_id, ["accepted"], "running", started_at=body.started_at)
+        except InvalidStateError as exc:
+            raise HTTPException(409, str(exc)) from None
+        job = await tx.get_job(job_id)
+        await scheduler.advance_build(tx, job.build_id)
+    ctx.notifier.notify(f"build:{job.build_id}")
+
+
+@router.post("/jobs/{job_id}/chunks", response_model=p.ChunkAck)
+async def upload_chunk(
+    job_id: str,
+    request: Request,
+    _: JobToken,
+    sequence: Annotated[int, Query(ge=1)],
+    offset: Annotated[int, Query(ge=0)],
+    size: Annotated[int, Query(ge=0)],
+) -> p.ChunkAck:
+    ctx = context(request)
+    data = await request.body()
+    if request.headers.get("content-encoding", "").lower() == "gzip":
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError, zlib.error):
+            raise HTTPException(400, "body is not valid gzip") from None
+    if len(data) != size:
+        raise HTTPException(400, f"size says {size} bytes but the body has {len(data)}")
+    if size > ctx.chunk_max_size:
+        raise HTTPException(413, f"chunk of {size} bytes exceeds {ctx.chunk_max_size}")
+    async with ctx.store.transaction() as tx:
+        job = await tx.get_job(job_id)
+        if job.state not in _LIVE_JOB_STATES:
+            raise HTTPException(409, f"job is {job.state}: it takes no more log")
+        try:
+            stored = await tx.insert_chunk(job_id, sequence, offset, data)
+        except ConflictError as exc:
+            raise HTTPException(409, str(exc)) from None
+        if stored:
+            await tx.add_log_size(job_id, size)
+    if stored:
+        ctx.notifier.notify(f"log:{job_id}")
+    return p.ChunkAck(sequence=sequence, offset=offset, size=size, stored=stored)
+
+
+@router.get("/jobs/{job_id}", response_model=p.JobStateResponse)
+async def job_state(job_id: str, request: Request, _: JobToken) -> p.JobStateResponse:
+    async with context(request).store.transaction() as tx:
+        job = await tx.get_job(job_id)
+    return p.JobStateResponse(id=job.id, state=p.JobState(job.state))
+
+
+@router.put("/jobs/{job_id}/finish", status_code=204)
+async def finish(job_id: str, body: p.FinishRequest, request: Request, _: JobToken) -> None:
+    ctx = context(request)
+    async with ctx.store.transaction() as tx:
+        job = await tx.get_job(job_id)
+        to_state = "canceled" if job.state == "canceling" else "finished"
+        try:
+            await tx.require_transition(
+                job_id,
+                _LIVE_JOB_STATES,
+                to_state,
+                exit_status=body.exit_status,
+                signal=body.signal,
+                signal_reason=body.signal_reason.value if body.signal_reason else None,
+                chunks_failed_count=body.chunks_failed_count,
+                finished_at=body.finished_at,
+            )
+        except InvalidStateError as exc:
+            raise HTTPException(409, str(exc)) from None
+        await tx.revoke_job_tokens(job_id)
+        if job.agent_id is not None:
+            await tx.set_agent_job(job.agent_id, None, succeeded=body.exit_status == 0)
+        await scheduler.advance_build(tx, job.build_id)
+    ctx.notifier.notify(f"build:{job.build_id}")
+    ctx.notifier.notify(f"log:{job_id}")

@@ -1,0 +1,53 @@
+"""The dispatcher matches runnable jobs to agents by agent query rules.
+
+A job's query is a mapping of tag → pattern. An agent matches when, for every rule, its tag
+value matches the pattern (`*` wildcards; a leading `!` negates). A job without a `queue` rule
+goes to the `default` queue, and an agent without a `queue` tag serves the `default` queue.
+Jobs are offered by priority, then by how long they have been runnable.
+"""
+
+from __future__ import annotations
+
+from fnmatch import fnmatchcase
+
+from conveyor.storage import Tx
+from conveyor.storage.queries.base import utcnow
+from conveyor.storage.rows import AgentRow, JobRow
+
+DEFAULT_QUEUE = "default"
+_CANDIDATES = 200
+
+
+def matches(query: dict[str, str], tags: dict[str, str]) -> bool:
+    rules = {"queue": DEFAULT_QUEUE, **query}
+    have = {"queue": DEFAULT_QUEUE, **tags}
+    for key, pattern in rules.items():
+        negate = pattern.startswith("!")
+        if negate:
+            pattern = pattern[1:]
+        value = have.get(key)
+        hit = value is not None and fnmatchcase(value, pattern)
+        if hit == negate:
+            return False
+    return True
+
+
+async def claim_job(tx: Tx, agent: AgentRow) -> JobRow | None:
+    """The job this agent should run next, now assigned to it; None when there is none.
+
+    An agent that already holds an assigned job gets the same job again, so a ping whose
+    answer was lost does not strand the job.
+    """
+    held = await tx.assigned_job(agent.id)
+    if held is not None:
+        return held
+    for job in await tx.dispatch_candidates(_CANDIDATES):
+        if not matches(job.agent_query, agent.tags):
+            continue
+        # Compare-and-set: of two agents racing for one job exactly one update matches.
+        if await tx.transition_job(
+            job.id, ["scheduled"], "assigned", agent_id=agent.id, assigned_at=utcnow()
+        ):
+            await tx.set_agent_job(agent.id, job.id)
+            return await tx.get_job(job.id)
+    return None

@@ -1,0 +1,160 @@
+"""Run the server: open storage, make sure tokens exist, serve HTTP until cancelled."""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import anyio
+import uvicorn
+from anyio.abc import TaskStatus
+
+from conveyor.config import ServerSettings
+from conveyor.errors import AuthError, ConfigError
+from conveyor.server.app import create_app
+from conveyor.server.context import ServerContext
+from conveyor.storage import Store, open_database
+from conveyor.storage.engine import sqlite_url
+
+log = logging.getLogger("conveyor.server")
+
+TOKEN_FILES = {"registration": "registration-token", "api": "api-token"}
+
+
+@dataclass
+class ServerHandle:
+    """What a started server tells its starter."""
+
+    url: str
+    registration_token: str | None
+    api_token: str | None
+    created_tokens: bool
+    ctx: ServerContext
+
+
+class _EmbeddedUvicorn(uvicorn.Server):
+    """uvicorn without its own signal handling: our caller owns signals and shutdown."""
+
+    @contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"listen address {listen!r} is not HOST:PORT", key="listen")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def bind(listen: str) -> socket.socket:
+    host, port = parse_listen(listen)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"cannot listen on {listen}: {exc.strerror}", key="listen") from None
+    # Listening before uvicorn starts means clients may connect at once: the kernel queues them.
+    sock.listen(1024)
+    sock.setblocking(False)
+    return sock
+
+
+async def ensure_tokens(store: Store, data_dir: Path) -> tuple[dict[str, str | None], bool]:
+    """The registration and API tokens, created on first start and kept in the data dir.
+
+    The database holds only their hashes. A token file found without its hash (a new database
+    under an old data dir) is registered again. Where the database has tokens but this data dir
+    has no file (another replica made them), the value is unknown here: None.
+    """
+    values: dict[str, str | None] = {}
+    created = False
+    for kind, filename in TOKEN_FILES.items():
+        path = anyio.Path(data_dir / filename)
+        async with store.transaction() as tx:
+            if await path.exists():
+                value = (await path.read_text()).strip()
+                try:
+                    await tx.authenticate(value, kind)
+                except AuthError:
+                    await tx.add_token(kind, value, description=f"from {path}")
+            elif await tx.count_tokens(kind) == 0:
+                value = await tx.create_token(kind, description="created at first start")
+                await path.write_text(value + "\n")
+                await path.chmod(0o600)
+                created = True
+            else:
+                value = None
+        values[kind] = value
+    return values, created
+
+
+async def run_server(
+    settings: ServerSettings,
+    *,
+    ping_interval: int = 10,
+    task_status: TaskStatus[ServerHandle] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve until cancelled; `task_status.started` gets the handle once requests are accepted."""
+    data_dir = settings.data_dir
+    await anyio.Path(data_dir).mkdir(parents=True, exist_ok=True)
+    url = settings.database_url or sqlite_url(data_dir / "conveyor.db")
+    sock = bind(settings.listen)
+    try:
+        db = await open_database(url)
+    except BaseException:
+        sock.close()
+        raise
+    store = Store(db)
+    try:
+        host, port = sock.getsockname()[:2]
+        shown_host = f"[{host}]" if ":" in host else host
+        base_url = f"http://{shown_host}:{port}"
+        ctx = ServerContext(
+            store=store,
+            ping_interval=ping_interval,
+            chunk_max_size=settings.chunk_max_size,
+            external_url=settings.external_url or base_url,
+        )
+        tokens, created = await ensure_tokens(store, data_dir)
+        config = uvicorn.Config(
+            create_app(ctx),
+            log_config=None,
+            access_log=False,
+            lifespan="off",
+            timeout_graceful_shutdown=3,
+            log_level=settings.log_level,
+        )
+        server = _EmbeddedUvicorn(config)
+
+        async def serve() -> None:
+            # Shielded so that shutdown is uvicorn's own, graceful one, begun by should_exit.
+            with anyio.CancelScope(shield=True):
+                await server.serve(sockets=[sock])
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(serve)
+            task_status.started(
+                ServerHandle(
+                    url=base_url,
+                    registration_token=tokens["registration"],
+                    api_token=tokens["api"],
+                    created_tokens=created,
+                    ctx=ctx,
+                )
+            )
+            try:
+                await anyio.sleep_forever()
+            finally:
+                server.should_exit = True
+    finally:
+        sock.close()
+        with anyio.CancelScope(shield=True):
+            await store.close()

@@ -1,0 +1,107 @@
+"""Agents: registration, connection state, heartbeats."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select, update
+
+from conveyor.errors import NotFoundError
+from conveyor.storage import tables as t
+from conveyor.storage.queries.base import QueryBase, new_id, utcnow
+from conveyor.storage.rows import AgentRow
+
+
+def agent_row(r: Any) -> AgentRow:
+    return AgentRow(
+        id=r.id,
+        name=r.name,
+        hostname=r.hostname,
+        version=r.version,
+        tags=dict(r.tags),
+        priority=r.priority,
+        state=r.state,
+        created_at=r.created_at,
+        connected_at=r.connected_at,
+        last_heartbeat_at=r.last_heartbeat_at,
+        last_success_at=r.last_success_at,
+        current_job_id=r.current_job_id,
+    )
+
+
+class AgentQueries(QueryBase):
+    async def insert_agent(
+        self,
+        *,
+        name: str,
+        hostname: str,
+        os: str,
+        arch: str,
+        version: str,
+        pid: int,
+        tags: dict[str, str],
+        priority: int,
+    ) -> str:
+        agent_id = new_id()
+        await self.conn.execute(
+            t.agents.insert().values(
+                id=agent_id,
+                name=name,
+                hostname=hostname,
+                os=os,
+                arch=arch,
+                version=version,
+                pid=pid,
+                tags=tags,
+                priority=priority,
+                state="registered",
+                created_at=utcnow(),
+            )
+        )
+        return agent_id
+
+    async def get_agent(self, agent_id: str) -> AgentRow:
+        r = (await self.conn.execute(select(t.agents).where(t.agents.c.id == agent_id))).first()
+        if r is None:
+            raise NotFoundError(f"no agent {agent_id}")
+        return agent_row(r)
+
+    async def list_agents(self, *, include_gone: bool = False) -> list[AgentRow]:
+        q = select(t.agents).order_by(t.agents.c.created_at)
+        if not include_gone:
+            q = q.where(t.agents.c.state.in_(["registered", "connected"]))
+        return [agent_row(r) for r in await self.conn.execute(q)]
+
+    async def set_agent_state(self, agent_id: str, state: str, **values: Any) -> None:
+        now = utcnow()
+        extra: dict[str, Any] = {"last_seen_at": now}
+        if state == "connected":
+            extra["connected_at"] = now
+        elif state in ("disconnected", "lost"):
+            extra["disconnected_at"] = now
+        await self.conn.execute(
+            update(t.agents)
+            .where(t.agents.c.id == agent_id)
+            .values(state=state, **extra, **values)
+        )
+
+    async def record_heartbeat(self, agent_id: str, at: datetime) -> None:
+        await self.conn.execute(
+            update(t.agents)
+            .where(t.agents.c.id == agent_id)
+            .values(last_heartbeat_at=at, last_seen_at=at)
+        )
+
+    async def touch_agent(self, agent_id: str) -> None:
+        await self.conn.execute(
+            update(t.agents).where(t.agents.c.id == agent_id).values(last_seen_at=utcnow())
+        )
+
+    async def set_agent_job(
+        self, agent_id: str, job_id: str | None, *, succeeded: bool | None = None
+    ) -> None:
+        values: dict[str, Any] = {"current_job_id": job_id}
+        if succeeded:
+            values["last_success_at"] = utcnow()
+        await self.conn.execute(update(t.agents).where(t.agents.c.id == agent_id).values(**values))

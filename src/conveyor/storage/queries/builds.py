@@ -1,0 +1,220 @@
+"""Pipelines, builds and their steps."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select, update
+
+from conveyor.errors import NotFoundError
+from conveyor.storage import tables as t
+from conveyor.storage.queries.base import QueryBase, new_id, utcnow
+from conveyor.storage.queries.jobs import job_row
+from conveyor.storage.rows import BuildRow, NewStep, PipelineRow, StepRow
+
+
+def step_row(r: Any) -> StepRow:
+    return StepRow(
+        id=r.id,
+        build_id=r.build_id,
+        position=r.position,
+        key=r.key,
+        kind=r.kind,
+        label=r.label,
+        config=dict(r.config),
+        depends_on=list(r.depends_on),
+        allow_dependency_failure=bool(r.allow_dependency_failure),
+        state=r.state,
+    )
+
+
+def _pipeline_row(r: Any) -> PipelineRow:
+    return PipelineRow(
+        id=r.id,
+        slug=r.slug,
+        name=r.name,
+        repository=r.repository,
+        default_branch=r.default_branch,
+    )
+
+
+_BUILD_COLUMNS = [*t.builds.c, t.pipelines.c.slug.label("pipeline_slug")]
+
+
+class BuildQueries(QueryBase):
+    async def get_or_create_pipeline(self, slug: str) -> PipelineRow:
+        r = (await self.conn.execute(select(t.pipelines).where(t.pipelines.c.slug == slug))).first()
+        if r is not None:
+            return _pipeline_row(r)
+        await self.conn.execute(
+            t.pipelines.insert().values(
+                id=new_id(),
+                slug=slug,
+                name=slug,
+                repository="",
+                default_branch="main",
+                next_build_number=1,
+                created_at=utcnow(),
+            )
+        )
+        r = (await self.conn.execute(select(t.pipelines).where(t.pipelines.c.slug == slug))).one()
+        return _pipeline_row(r)
+
+    async def _next_build_number(self, pipeline_id: str) -> int:
+        # The UPDATE takes the row lock first, so concurrent builds of one pipeline get
+        # distinct numbers on PostgreSQL; SQLite has one writer anyway.
+        await self.conn.execute(
+            update(t.pipelines)
+            .where(t.pipelines.c.id == pipeline_id)
+            .values(next_build_number=t.pipelines.c.next_build_number + 1)
+        )
+        r = (
+            await self.conn.execute(
+                select(t.pipelines.c.next_build_number).where(t.pipelines.c.id == pipeline_id)
+            )
+        ).one()
+        return int(r[0]) - 1
+
+    async def insert_build(
+        self,
+        *,
+        pipeline_slug: str,
+        pipeline_text: str,
+        steps: list[NewStep],
+        branch: str,
+        commit: str,
+        message: str,
+        env: dict[str, str],
+        source: str,
+    ) -> str:
+        """Insert a build, its steps and their jobs (all pending). Returns the build id."""
+        pipeline = await self.get_or_create_pipeline(pipeline_slug)
+        number = await self._next_build_number(pipeline.id)
+        build_id = new_id()
+        now = utcnow()
+        await self.conn.execute(
+            t.builds.insert().values(
+                id=build_id,
+                pipeline_id=pipeline.id,
+                number=number,
+                state="scheduled",
+                branch=branch,
+                commit=commit,
+                message=message,
+                source=source,
+                env=env,
+                pipeline_text=pipeline_text,
+                created_at=now,
+            )
+        )
+        step_ids = [new_id() for _ in steps]
+        step_values: list[dict[str, Any]] = []
+        job_values: list[dict[str, Any]] = []
+        for position, (step_id, step) in enumerate(zip(step_ids, steps, strict=True)):
+            step_values.append(
+                {
+                    "id": step_id,
+                    "build_id": build_id,
+                    "position": position,
+                    "key": step.key,
+                    "kind": step.kind,
+                    "label": step.label,
+                    "config": step.config,
+                    "depends_on": [step_ids[p] for p in step.depends_on],
+                    "allow_dependency_failure": int(step.allow_dependency_failure),
+                    "state": "pending",
+                }
+            )
+            for job in step.jobs:
+                job_values.append(
+                    {
+                        "id": new_id(),
+                        "build_id": build_id,
+                        "step_id": step_id,
+                        "state": "pending",
+                        "label": job.label,
+                        "command": job.command,
+                        "env": job.env,
+                        "agent_query": job.agent_query,
+                        "priority": job.priority,
+                        "attempt": 1,
+                        "chunks_failed_count": 0,
+                        "log_size": 0,
+                        "created_at": now,
+                    }
+                )
+        if step_values:
+            await self.conn.execute(t.steps.insert(), step_values)
+        if job_values:
+            await self.conn.execute(t.jobs.insert(), job_values)
+        return build_id
+
+    async def _build(self, where: Any) -> BuildRow:
+        r = (
+            await self.conn.execute(
+                select(*_BUILD_COLUMNS)
+                .select_from(t.builds.join(t.pipelines, t.builds.c.pipeline_id == t.pipelines.c.id))
+                .where(where)
+            )
+        ).first()
+        if r is None:
+            raise NotFoundError("no such build")
+        jobs = await self.conn.execute(
+            select(t.jobs).where(t.jobs.c.build_id == r.id).order_by(t.jobs.c.created_at)
+        )
+        steps = await self.conn.execute(
+            select(t.steps).where(t.steps.c.build_id == r.id).order_by(t.steps.c.position)
+        )
+        step_list = [step_row(s) for s in steps]
+        position = {s.id: s.position for s in step_list}
+        job_list = sorted((job_row(j) for j in jobs), key=lambda j: (position[j.step_id], j.attempt))
+        return _build_row(r, jobs=job_list, steps=step_list)
+
+    async def get_build(self, build_id: str) -> BuildRow:
+        return await self._build(t.builds.c.id == build_id)
+
+    async def get_build_by_number(self, pipeline_slug: str, number: int) -> BuildRow:
+        try:
+            return await self._build(
+                (t.pipelines.c.slug == pipeline_slug) & (t.builds.c.number == number)
+            )
+        except NotFoundError:
+            raise NotFoundError(f"no build {pipeline_slug}#{number}") from None
+
+    async def list_builds(self, *, pipeline_slug: str | None = None, limit: int = 50) -> list[BuildRow]:
+        q = (
+            select(*_BUILD_COLUMNS)
+            .select_from(t.builds.join(t.pipelines, t.builds.c.pipeline_id == t.pipelines.c.id))
+            .order_by(t.builds.c.created_at.desc())
+            .limit(limit)
+        )
+        if pipeline_slug is not None:
+            q = q.where(t.pipelines.c.slug == pipeline_slug)
+        return [_build_row(r) for r in await self.conn.execute(q)]
+
+    async def set_build_state(self, build_id: str, state: str, **values: Any) -> None:
+        await self.conn.execute(
+            update(t.builds).where(t.builds.c.id == build_id).values(state=state, **values)
+        )
+
+    async def set_step_state(self, step_id: str, state: str) -> None:
+        await self.conn.execute(update(t.steps).where(t.steps.c.id == step_id).values(state=state))
+
+
+def _build_row(r: Any, **extra: Any) -> BuildRow:
+    return BuildRow(
+        id=r.id,
+        pipeline_id=r.pipeline_id,
+        pipeline_slug=r.pipeline_slug,
+        number=r.number,
+        state=r.state,
+        branch=r.branch,
+        commit=r.commit,
+        message=r.message,
+        source=r.source,
+        env=dict(r.env),
+        created_at=r.created_at,
+        started_at=r.started_at,
+        finished_at=r.finished_at,
+        **extra,
+    )

@@ -1,0 +1,112 @@
+"""Jobs: state changes are compare-and-set on the current state, so two writers never both win."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from sqlalchemy import select, update
+
+from conveyor.errors import InvalidStateError, NotFoundError
+from conveyor.storage import tables as t
+from conveyor.storage.queries.base import QueryBase, utcnow
+from conveyor.storage.rows import JobRow
+
+
+def job_row(r: Any) -> JobRow:
+    return JobRow(
+        id=r.id,
+        build_id=r.build_id,
+        step_id=r.step_id,
+        state=r.state,
+        label=r.label,
+        command=r.command,
+        env=dict(r.env),
+        agent_query=dict(r.agent_query),
+        priority=r.priority,
+        attempt=r.attempt,
+        agent_id=r.agent_id,
+        exit_status=r.exit_status,
+        signal=r.signal,
+        signal_reason=r.signal_reason,
+        chunks_failed_count=r.chunks_failed_count,
+        log_size=r.log_size,
+        created_at=r.created_at,
+        runnable_at=r.runnable_at,
+        assigned_at=r.assigned_at,
+        accepted_at=r.accepted_at,
+        started_at=r.started_at,
+        finished_at=r.finished_at,
+    )
+
+
+class JobQueries(QueryBase):
+    async def get_job(self, job_id: str) -> JobRow:
+        r = (await self.conn.execute(select(t.jobs).where(t.jobs.c.id == job_id))).first()
+        if r is None:
+            raise NotFoundError(f"no job {job_id}")
+        return job_row(r)
+
+    async def transition_job(
+        self, job_id: str, from_states: Iterable[str], to_state: str, **values: Any
+    ) -> bool:
+        """Move a job to `to_state` if it is in one of `from_states`. False if it was not."""
+        result = await self.conn.execute(
+            update(t.jobs)
+            .where(t.jobs.c.id == job_id, t.jobs.c.state.in_(list(from_states)))
+            .values(state=to_state, **values)
+        )
+        return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    async def require_transition(
+        self, job_id: str, from_states: Iterable[str], to_state: str, **values: Any
+    ) -> None:
+        froms = list(from_states)
+        if not await self.transition_job(job_id, froms, to_state, **values):
+            job = await self.get_job(job_id)
+            raise InvalidStateError(f"job {job_id} is {job.state}, not {' or '.join(froms)}")
+
+    async def schedule_step_jobs(self, step_id: str) -> None:
+        await self.conn.execute(
+            update(t.jobs)
+            .where(t.jobs.c.step_id == step_id, t.jobs.c.state == "pending")
+            .values(state="scheduled", runnable_at=utcnow())
+        )
+
+    async def skip_step_jobs(self, step_id: str) -> None:
+        await self.conn.execute(
+            update(t.jobs)
+            .where(t.jobs.c.step_id == step_id, t.jobs.c.state.in_(["pending", "scheduled"]))
+            .values(state="skipped", finished_at=utcnow())
+        )
+
+    async def dispatch_candidates(self, limit: int) -> list[JobRow]:
+        """Runnable jobs in dispatch order: priority first, then the longest waiting."""
+        q = (
+            select(t.jobs)
+            .where(t.jobs.c.state == "scheduled")
+            .order_by(t.jobs.c.priority.desc(), t.jobs.c.runnable_at, t.jobs.c.id)
+            .limit(limit)
+        )
+        if self.backend == "postgresql":
+            q = q.with_for_update(skip_locked=True)
+        return [job_row(r) for r in await self.conn.execute(q)]
+
+    async def assigned_job(self, agent_id: str) -> JobRow | None:
+        r = (
+            await self.conn.execute(
+                select(t.jobs).where(t.jobs.c.agent_id == agent_id, t.jobs.c.state == "assigned")
+            )
+        ).first()
+        return None if r is None else job_row(r)
+
+    async def jobs_of_agent(self, agent_id: str, states: Iterable[str]) -> list[JobRow]:
+        rows = await self.conn.execute(
+            select(t.jobs).where(t.jobs.c.agent_id == agent_id, t.jobs.c.state.in_(list(states)))
+        )
+        return [job_row(r) for r in rows]
+
+    async def add_log_size(self, job_id: str, size: int) -> None:
+        await self.conn.execute(
+            update(t.jobs).where(t.jobs.c.id == job_id).values(log_size=t.jobs.c.log_size + size)
+        )

@@ -1,0 +1,177 @@
+"""Table definitions (SQLAlchemy Core). Migrations in `migrations/` must match these."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.types import TypeDecorator
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on every backend (SQLite stores no zone of its own)."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        assert isinstance(value, datetime)
+        return value.replace(tzinfo=UTC)
+
+
+metadata = MetaData()
+
+tokens = Table(
+    "tokens",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    # registration | api | agent | job
+    Column("kind", String(16), nullable=False),
+    Column("token_hash", String(64), nullable=False, unique=True),
+    Column("agent_id", String(36), ForeignKey("agents.id", ondelete="CASCADE"), nullable=True),
+    Column("job_id", String(36), ForeignKey("jobs.id", ondelete="CASCADE"), nullable=True),
+    Column("description", String(200), nullable=False, default=""),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("revoked_at", UTCDateTime, nullable=True),
+)
+
+agents = Table(
+    "agents",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("name", String(200), nullable=False),
+    Column("hostname", String(255), nullable=False, default=""),
+    Column("os", String(32), nullable=False, default=""),
+    Column("arch", String(32), nullable=False, default=""),
+    Column("version", String(32), nullable=False, default=""),
+    Column("pid", Integer, nullable=False, default=0),
+    Column("tags", JSON, nullable=False),
+    Column("priority", Integer, nullable=False, default=0),
+    # registered | connected | disconnected | lost
+    Column("state", String(16), nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("connected_at", UTCDateTime, nullable=True),
+    Column("disconnected_at", UTCDateTime, nullable=True),
+    Column("last_heartbeat_at", UTCDateTime, nullable=True),
+    Column("last_seen_at", UTCDateTime, nullable=True),
+    Column("last_success_at", UTCDateTime, nullable=True),
+    Column("current_job_id", String(36), nullable=True),
+)
+
+pipelines = Table(
+    "pipelines",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("slug", String(100), nullable=False, unique=True),
+    Column("name", String(200), nullable=False),
+    Column("repository", String(1000), nullable=False, default=""),
+    Column("default_branch", String(255), nullable=False, default="main"),
+    Column("next_build_number", Integer, nullable=False, default=1),
+    Column("created_at", UTCDateTime, nullable=False),
+)
+
+builds = Table(
+    "builds",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("pipeline_id", String(36), ForeignKey("pipelines.id"), nullable=False),
+    Column("number", Integer, nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("branch", String(255), nullable=False, default=""),
+    Column("commit", String(255), nullable=False, default="HEAD"),
+    Column("message", Text, nullable=False, default=""),
+    Column("source", String(32), nullable=False, default="api"),
+    Column("env", JSON, nullable=False),
+    Column("pipeline_text", Text, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("started_at", UTCDateTime, nullable=True),
+    Column("finished_at", UTCDateTime, nullable=True),
+    UniqueConstraint("pipeline_id", "number", name="uq_builds_pipeline_number"),
+)
+
+steps = Table(
+    "steps",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("build_id", String(36), ForeignKey("builds.id", ondelete="CASCADE"), nullable=False),
+    Column("position", Integer, nullable=False),
+    Column("key", String(255), nullable=True),
+    Column("kind", String(16), nullable=False),
+    Column("label", String(500), nullable=True),
+    # The step's parsed definition (command, env, agents, ...), as plain JSON.
+    Column("config", JSON, nullable=False),
+    # ids of the steps that must finish first; a wait step becomes dependencies of what follows.
+    Column("depends_on", JSON, nullable=False),
+    Column("allow_dependency_failure", Integer, nullable=False, default=0),
+    # pending | ready | done
+    Column("state", String(16), nullable=False),
+    UniqueConstraint("build_id", "position", name="uq_steps_build_position"),
+)
+
+jobs = Table(
+    "jobs",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("build_id", String(36), ForeignKey("builds.id", ondelete="CASCADE"), nullable=False),
+    Column("step_id", String(36), ForeignKey("steps.id", ondelete="CASCADE"), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("label", String(500), nullable=False),
+    Column("command", Text, nullable=False),
+    Column("env", JSON, nullable=False),
+    Column("agent_query", JSON, nullable=False),
+    Column("priority", Integer, nullable=False, default=0),
+    Column("attempt", Integer, nullable=False, default=1),
+    Column("agent_id", String(36), nullable=True),
+    Column("exit_status", Integer, nullable=True),
+    Column("signal", String(16), nullable=True),
+    Column("signal_reason", String(32), nullable=True),
+    Column("chunks_failed_count", Integer, nullable=False, default=0),
+    Column("log_size", BigInteger, nullable=False, default=0),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("runnable_at", UTCDateTime, nullable=True),
+    Column("assigned_at", UTCDateTime, nullable=True),
+    Column("accepted_at", UTCDateTime, nullable=True),
+    Column("started_at", UTCDateTime, nullable=True),
+    Column("finished_at", UTCDateTime, nullable=True),
+)
+
+Index("ix_jobs_dispatch", jobs.c.state, jobs.c.priority, jobs.c.runnable_at)
+Index("ix_jobs_build", jobs.c.build_id)
+Index("ix_steps_build", steps.c.build_id)
+Index("ix_builds_created", builds.c.created_at)
+
+log_chunks = Table(
+    "log_chunks",
+    metadata,
+    Column("job_id", String(36), ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True),
+    # Byte offset of the chunk in the job's log: the idempotency key of an upload.
+    Column("offset", BigInteger, primary_key=True),
+    Column("size", Integer, nullable=False),
+    Column("sequence", Integer, nullable=False),
+    Column("data", LargeBinary, nullable=False),
+)

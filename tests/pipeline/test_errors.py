@@ -31,6 +31,9 @@ CASES = {
         "steps:\n  - command: a\n    command: b\n", 3, 5, 'duplicate key "command"'
     ),
     "yaml: recursive alias": Bad("steps: []\nx: &x\n  y: [*x]\n", 2, 4, "contains it"),
+    "yaml: step holding an alias to itself": Bad(
+        "- &s\n  command: x\n  env: {X: *s}\n", 1, 3, "contains it"
+    ),
     "yaml: merge of a scalar": Bad("steps:\n  - <<: 3\n    command: x\n", 2, 9, "merging"),
     "yaml: raw control character": Bad("steps:\n  - command: a\x80\n", 2, 15, "#x0080"),
     "yaml: complex mapping key": Bad("steps: []\nenv:\n  ? [a, b]\n  : c\n", 3, 5, "mapping key"),
@@ -53,7 +56,7 @@ CASES = {
     "type unknown": Bad("- type: mystery\n", 1, 9, "step type 'mystery' is not known", "step 1"),
     "block string": Bad("- wait\n- block\n", 2, 3, "block steps are not supported yet", "step 2"),
     "block mapping": Bad(
-        "- block: Release?\n  key: rel\n", 1, 3, "block steps are not supported yet", "Release?"
+        "- block: Release?\n  key: rel\n", 1, 3, "block steps are not supported yet", "rel"
     ),
     "input by type": Bad(
         "- type: input\n  label: Ask\n", 1, 9, "input steps are not supported yet", "Ask"
@@ -179,6 +182,18 @@ def test_top_level_errors_name_no_step() -> None:
     assert str(caught.value) == "<pipeline>:1:8: 'steps' must be a list of steps, got a number"
 
 
+def test_a_bug_still_surfaces_as_pipeline_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(text: str, *, filename: str) -> None:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr("conveyor.pipeline.parse.load_yaml", broken)
+    with pytest.raises(PipelineError) as caught:
+        parse_pipeline("- wait\n", filename="x.yml")
+    assert caught.value.file == "x.yml"
+    assert "internal error: RuntimeError('boom')" in caught.value.problem
+    assert isinstance(caught.value.__cause__, RuntimeError)
+
+
 def test_default_filename() -> None:
     with pytest.raises(PipelineError) as caught:
         parse_pipeline("- 1\n")
@@ -192,7 +207,8 @@ def test_alias_bomb_is_refused() -> None:
         lines.append(f"a{n}: &a{n} [{refs}]")
     with pytest.raises(PipelineError) as caught:
         parse_pipeline("steps: []\n" + "\n".join(lines) + "\n")
-    assert "more than" in caught.value.problem
+    assert "more than 1000000 values" in caught.value.problem
+    assert caught.value.line == 1
 
 
 def test_deep_nesting_is_refused() -> None:
@@ -232,7 +248,7 @@ def test_no_other_exception_escapes_from_truncated_or_mangled_input() -> None:
     rng = random.Random(1234)
     texts = [VALID[:n] for n in range(len(VALID) + 1)]
     alphabet = "-:[]{}&*<>!|'\"#%@`,?\t\n x\\\x00\x85\u2028\ufeff"
-    for _ in range(400):
+    for _ in range(250):
         chars = list(VALID)
         for _ in range(rng.randint(1, 4)):
             chars[rng.randrange(len(chars))] = rng.choice(alphabet)

@@ -84,7 +84,7 @@ def test_plain_values_and_yaml_1_2() -> None:
         tagged: !secret value
         binary: !!binary aGVsbG8=
         1: int key
-        true: bool key
+        2.5: float key
         """
     )
     assert to_plain(root) == {
@@ -100,7 +100,7 @@ def test_plain_values_and_yaml_1_2() -> None:
         "tagged": "value",
         "binary": "hello",
         "1": "int key",
-        "true": "bool key",
+        "2.5": "float key",
     }
     assert type(to_plain(root)["octal"]) is int
 
@@ -130,8 +130,14 @@ def test_no_document() -> None:
 
 @pytest.mark.parametrize(
     ("text", "expected"),
-    [("{}", "a mapping"), ("[]", "a list"), ("~", "null"), ("1.5", "a number"),
-     ("true", "a boolean"), ("x", "a string")],
+    [
+        ("{}", "a mapping"),
+        ("[]", "a list"),
+        ("~", "null"),
+        ("1.5", "a number"),
+        ("true", "a boolean"),
+        ("x", "a string"),
+    ],
 )
 def test_describe(text: str, expected: str) -> None:
     node = load_yaml(text, filename="f")

@@ -155,7 +155,7 @@ def test_scalars_are_formatted_the_go_way() -> None:
                 FLOAT: 2.5
                 E: 2.71828
                 BIG: 1000000.0
-                NULL: ~
+                NOTHING: ~
                 QUOTED: "007"
             """
         )
@@ -170,7 +170,7 @@ def test_scalars_are_formatted_the_go_way() -> None:
         "FLOAT": "2.5",
         "E": "2.71828",
         "BIG": "1e+06",
-        "NULL": "",
+        "NOTHING": "",
         "QUOTED": "007",
     }
 
@@ -228,7 +228,7 @@ def test_merge_list_first_wins_and_repeated_merge_keys_act_as_a_list() -> None:
     pipeline = parse(
         """\
         a: &a {label: from-a}
-        b: &b {label: from-b, key: from-b}
+        b: &b {label: from-b, env: {B: "1"}}
         steps:
           - <<: [*a, *b]
             command: x
@@ -238,8 +238,10 @@ def test_merge_list_first_wins_and_repeated_merge_keys_act_as_a_list() -> None:
         """
     )
     first, second = pipeline.steps
-    assert (first.label, first.key) == ("from-a", "from-b")
-    assert (second.label, second.key) == ("from-a", "from-b")
+    assert isinstance(first, CommandStep)
+    assert isinstance(second, CommandStep)
+    assert (first.label, first.env) == ("from-a", {"B": "1"})
+    assert (second.label, second.env) == ("from-a", {"B": "1"})
 
 
 def test_merged_step_type_is_resolved_before_inference() -> None:
@@ -302,7 +304,12 @@ def test_command_block_keeps_final_newline() -> None:
 
 @pytest.mark.parametrize(
     "text",
-    ["- command: echo foo", "- command: [echo foo]", "- commands: echo foo", "- commands: [echo foo]"],
+    [
+        "- command: echo foo",
+        "- command: [echo foo]",
+        "- commands: echo foo",
+        "- commands: [echo foo]",
+    ],
 )
 def test_command_and_commands_are_aliases(text: str) -> None:
     assert only_command(parse(text)).command == "echo foo"
@@ -329,7 +336,9 @@ def test_label_and_key_aliases(text: str, label: str | None, key: str | None) ->
 
 
 def test_canonical_key_wins_over_aliases() -> None:
-    pipeline = parse("- command: x\n  name: alias\n  label: canon\n  id: alias-id\n  key: canon-id\n")
+    pipeline = parse(
+        "- command: x\n  name: alias\n  label: canon\n  id: alias-id\n  key: canon-id\n"
+    )
     step = only_command(pipeline)
     assert (step.label, step.key) == ("canon", "canon-id")
     assert [w.split(": ", 1)[0] for w in pipeline.warnings] == ["p.yml:2:3", "p.yml:4:3"]
@@ -403,7 +412,10 @@ def test_unknown_step_keys_go_to_extra_with_warnings() -> None:
         ("- wait: x\n  label: L\n  id: k", WaitStep(label="L", key="k", line=1)),
         ("- wait\n  # comment", WaitStep(line=1)),
         ("- wait: ~\n  depends_on: [a, b]", WaitStep(depends_on=("a", "b"), line=1)),
-        ("- wait: ~\n  if: build.branch == 'main'", WaitStep(extra={"if": "build.branch == 'main'"}, line=1)),
+        (
+            "- wait: ~\n  if: build.branch == 'main'",
+            WaitStep(extra={"if": "build.branch == 'main'"}, line=1),
+        ),
     ],
 )
 def test_wait_forms(text: str, expected: WaitStep) -> None:

@@ -22,7 +22,7 @@ from conveyor.agent.jobenv import job_process_env
 from conveyor.agent.ping import PingLoop
 from conveyor.client import AgentClient, JobClient
 from conveyor.errors import APIError, JobGoneError
-from conveyor.runner import JobRun, JobRunner
+from conveyor.runner import JobRun, JobRunner, OutputTee
 
 log = logging.getLogger("conveyor.agent")
 
@@ -30,7 +30,7 @@ log = logging.getLogger("conveyor.agent")
 FINISH_DEADLINE_S = 10 * 60
 DISCONNECT_DEADLINE_S = 10
 
-Tee = Callable[[p.JobSpec], Callable[[bytes], None] | None]
+Tee = Callable[[p.JobSpec], OutputTee | None]
 
 
 @dataclass(frozen=True)

@@ -14,9 +14,9 @@ class Pipeline:
 
     steps: tuple[Step, ...] = ()
     env: dict[str, str] = field(default_factory=dict)
-    """Pipeline-level env, given to every job (a step's own env wins)."""
+    """Pipeline-level env as written (not interpolated)."""
     agents: dict[str, str] = field(default_factory=dict)
-    """Pipeline-level agent tags, used by steps that set none."""
+    """Pipeline-level agent tags as written."""
     extra: dict[str, Any] = field(default_factory=dict)
     """Top-level keys not modelled (yet), kept as plain data."""
     warnings: tuple[str, ...] = ()

@@ -121,7 +121,7 @@ def load_yaml(text: str, *, filename: str) -> Node | None:
     except ReaderError as exc:
         line, column = _position(text, exc.position)
         raise PipelineError(
-            f"invalid YAML: {exc.reason} (character {exc.character!r})",
+            f"invalid YAML: {exc.reason} ({_character(exc.character)})",
             file=filename,
             line=line,
             column=column,
@@ -134,6 +134,13 @@ def load_yaml(text: str, *, filename: str) -> Node | None:
     lc = getattr(data, "lc", None)
     if lc is not None and lc.line is not None:
         root = Mark(lc.line + 1, lc.col + 1)
+    if _expanded_size(data, {}, set()) > MAX_NODES:
+        raise PipelineError(
+            f"the document has more than {MAX_NODES} values once aliases are expanded",
+            file=filename,
+            line=root.line,
+            column=root.column,
+        )
     return _Converter(filename).convert(data, root)
 
 
@@ -200,10 +207,33 @@ def _yaml_error(exc: MarkedYAMLError, filename: str) -> PipelineError:
     )
 
 
+def _character(character: Any) -> str:
+    if isinstance(character, int):
+        return f"character #x{character:04x}"
+    return f"byte {character!r}"
+
+
 def _position(text: str, offset: int) -> tuple[int, int]:
     before = text[:offset]
     line = before.count("\n") + 1
     return line, offset - (before.rfind("\n") + 1) + 1
+
+
+def _expanded_size(value: Any, memo: dict[int, int], open_: set[int]) -> int:
+    """How many values `value` holds with every alias expanded; cheap however large that is."""
+    if not isinstance(value, dict | list | CommentedSet):
+        return 1
+    ident = id(value)
+    if ident in memo:
+        return memo[ident]
+    if ident in open_:
+        return 1  # a cycle: _Converter reports it
+    open_.add(ident)
+    children = value.values() if isinstance(value, dict) else value
+    total = 1 + sum(_expanded_size(child, memo, open_) for child in children)
+    open_.discard(ident)
+    memo[ident] = total
+    return total
 
 
 def _mark(pair: Any, fallback: Mark) -> Mark:
@@ -226,20 +256,16 @@ def _entry_marks(mapping: CommentedMap, key: Any, fallback: Mark) -> tuple[Mark,
 
 
 class _Converter:
-    """Copies ruamel's output into nodes, refusing cycles and runaway alias expansion."""
+    """Copies ruamel's output into nodes, refusing cycles."""
 
     def __init__(self, filename: str) -> None:
         self.filename = filename
-        self.budget = MAX_NODES
         self.open: set[int] = set()  # ids of the collections being converted (cycle check)
 
     def error(self, problem: str, mark: Mark) -> PipelineError:
         return PipelineError(problem, file=self.filename, line=mark.line, column=mark.column)
 
     def convert(self, value: Any, mark: Mark) -> Node:
-        self.budget -= 1
-        if self.budget < 0:
-            raise self.error(f"the document has more than {MAX_NODES} values", mark)
         if isinstance(value, dict | list | CommentedSet):
             if id(value) in self.open:
                 raise self.error("an alias refers to a collection that contains it", mark)

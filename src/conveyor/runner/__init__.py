@@ -3,7 +3,7 @@
 The runner is handed a `LogSink`; it never talks to a server itself, so it is tested without one.
 """
 
-from conveyor.runner.job import JobResult, JobRun, JobRunner
+from conveyor.runner.job import JobResult, JobRun, JobRunner, OutputTee
 from conveyor.runner.logstream import LogSink, LogStreamer
 from conveyor.runner.process import ProcessExit, run_process
 
@@ -13,6 +13,7 @@ __all__ = [
     "JobRunner",
     "LogSink",
     "LogStreamer",
+    "OutputTee",
     "ProcessExit",
     "run_process",
 ]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 import shlex
 import signal
-from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 from pathlib import Path
 
 import anyio
@@ -16,6 +16,14 @@ from conveyor.runner.logstream import LogSink, LogStreamer
 from conveyor.runner.process import run_process
 
 log = logging.getLogger("conveyor.runner")
+
+
+class OutputTee(Protocol):
+    """A second reader of the job's output (e.g. `conveyor run` printing it live)."""
+
+    def write(self, data: bytes) -> None: ...
+
+    def close(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -46,7 +54,7 @@ class JobRunner:
     """Runs one `JobRun`; `cancel(reason)` stops it (signal, grace, SIGKILL) from outside."""
 
     def __init__(
-        self, run: JobRun, sink: LogSink, *, tee: Callable[[bytes], None] | None = None
+        self, run: JobRun, sink: LogSink, *, tee: OutputTee | None = None
     ) -> None:
         self.run_spec = run
         self._sink = sink
@@ -68,7 +76,7 @@ class JobRunner:
 
             async def output(data: bytes) -> None:
                 if self._tee is not None:
-                    self._tee(data)
+                    self._tee.write(data)
                 await streamer.write(data)
 
             with self._scope:
@@ -90,6 +98,8 @@ class JobRunner:
                     # in the log, where the user will look first.
                     await output(f"conveyor: could not start the job: {exc}\r\n".encode())
                     reason = SignalReason.PROCESS_RUN_ERROR
+            if self._tee is not None:
+                self._tee.close()
             if self._scope.cancelled_caught:
                 status, sig = -1, signal.Signals(spec.cancel_signal).name
                 reason = self._cancel_reason or SignalReason.CANCEL

@@ -1,0 +1,98 @@
+"""The operator's client of the REST API (`/api/v1`), used by the CLI and `conveyor run`."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+
+from conveyor import __version__
+from conveyor import protocol as p
+from conveyor.errors import APIError, ConveyorError
+
+# A long poll is answered within this many seconds; the HTTP timeout leaves room above it.
+WAIT_S = 30.0
+
+
+def _raise_for(response: httpx.Response) -> None:
+    if response.status_code < 400:
+        return
+    try:
+        message = str(response.json().get("message", response.text))
+    except ValueError:
+        message = response.text[:500] or response.reason_phrase
+    raise APIError(response.status_code, message)
+
+
+class ApiClient:
+    def __init__(self, http: httpx.AsyncClient):
+        self._http = http
+
+    @classmethod
+    @asynccontextmanager
+    async def connect(cls, endpoint: str, token: str | None) -> AsyncIterator[ApiClient]:
+        if not token:
+            raise ConveyorError(
+                "no API token: pass --api-token or set CONVEYOR_API_TOKEN "
+                "(`conveyor server token --api` prints it on the server host)"
+            )
+        async with httpx.AsyncClient(
+            base_url=endpoint.rstrip("/") + p.REST_PREFIX,
+            headers={"Authorization": f"Token {token}", "User-Agent": f"conveyor/{__version__}"},
+            timeout=httpx.Timeout(WAIT_S + 30, connect=10),
+        ) as http:
+            yield cls(http)
+
+    async def _get(self, path: str, **params: Any) -> httpx.Response:
+        try:
+            response = await self._http.get(path, params=params)
+        except httpx.TransportError as exc:
+            raise ConveyorError(f"cannot reach the server at {self._http.base_url}: {exc}") from exc
+        _raise_for(response)
+        return response
+
+    async def create_build(self, pipeline: str, body: p.CreateBuildRequest) -> p.BuildOut:
+        try:
+            response = await self._http.post(
+                f"/pipelines/{pipeline}/builds", json=body.model_dump(mode="json")
+            )
+        except httpx.TransportError as exc:
+            raise ConveyorError(f"cannot reach the server at {self._http.base_url}: {exc}") from exc
+        _raise_for(response)
+        return p.BuildOut.model_validate_json(response.content)
+
+    async def get_build(
+        self, pipeline: str, number: int, *, wait: float = 0, after: str | None = None
+    ) -> p.BuildOut:
+        params: dict[str, Any] = {}
+        if wait and after:
+            params = {"wait": wait, "after": after}
+        response = await self._get(f"/pipelines/{pipeline}/builds/{number}", **params)
+        return p.BuildOut.model_validate_json(response.content)
+
+    async def follow_build(self, pipeline: str, number: int) -> AsyncIterator[p.BuildOut]:
+        """Yield the build now and at every change, until it is finished."""
+        build = await self.get_build(pipeline, number)
+        yield build
+        while not build.state.terminal:
+            changed = await self.get_build(pipeline, number, wait=WAIT_S, after=build.version)
+            if changed.version != build.version:
+                build = changed
+                yield build
+
+    async def job_log(self, job_id: str) -> AsyncIterator[bytes]:
+        try:
+            async with self._http.stream("GET", f"/jobs/{job_id}/log") as response:
+                if response.status_code >= 400:
+                    await response.aread()
+                    _raise_for(response)
+                async for data in response.aiter_bytes():
+                    yield data
+        except httpx.TransportError as exc:
+            raise ConveyorError(f"cannot reach the server at {self._http.base_url}: {exc}") from exc
+
+    async def list_agents(self) -> list[p.AgentOut]:
+        response = await self._get("/agents")
+        return [p.AgentOut.model_validate(a) for a in response.json()]

@@ -1,0 +1,129 @@
+"""`conveyor agent start` and `conveyor agent list`."""
+
+from __future__ import annotations
+
+import logging
+import signal
+from pathlib import Path
+
+import anyio
+import click
+
+from conveyor.cli.common import config_option, friendly_errors, given, settings, setup_logging
+from conveyor.config import AgentSettings, ClientSettings
+
+log = logging.getLogger("conveyor.agent")
+
+AGENT_ENV_PREFIXES = ("CONVEYOR_", "CONVEYOR_AGENT_")
+
+
+@click.group()
+def agent() -> None:
+    """Run a build agent, or list the agents a server knows."""
+
+
+@agent.command()
+@click.option("--endpoint", help="The server's URL.  [default: http://127.0.0.1:8080]")
+@click.option("--token", help="The agent registration token (`conveyor server token`).")
+@click.option("--name", help="Agent name; %hostname and %spawn are replaced.  [default: %hostname-%spawn]")
+@click.option("--tags", help="Tags as k=v,k2=v2; jobs select agents by them.")
+@click.option("--queue", help="The queue to serve (the `queue` tag).  [default: default]")
+@click.option("--priority", type=int, help="Higher-priority agents are offered jobs first.")
+@click.option("--spawn", type=int, help="How many workers (concurrent jobs) to run.  [default: 1]")
+@click.option("--build-path", type=click.Path(path_type=Path, file_okay=False),
+              help="Where jobs run: <build-path>/<agent-name>/<pipeline>.  [default: ~/.conveyor/builds]")  # fmt: skip
+@click.option("--shell", help="Shell that runs each command.  [default: /bin/bash -e -c]")
+@click.option("--ping-interval", help="Seconds between pings (integer, ≥ 2; 0 = the server's).")
+@click.option("--cancel-grace-period", type=int, help="Seconds between the cancel signal and SIGKILL.  [default: 10]")  # fmt: skip
+@click.option("--no-pty", is_flag=True, default=None, help="Run commands on pipes, not in a PTY.")
+@config_option
+@friendly_errors
+def start(config_file: Path | None, **flags: object) -> None:
+    """Register with the server and run jobs until stopped.
+
+    SIGTERM or SIGINT once: take no more jobs, finish the running ones, disconnect, exit 0.
+    Twice: cancel the running jobs (they finish as cancelled), then exit.
+    """
+    cfg = settings(AgentSettings, given(**flags), config_file, AGENT_ENV_PREFIXES)
+    if not cfg.token:
+        from conveyor.errors import ConfigError
+
+        raise ConfigError(
+            "no registration token: pass --token or set CONVEYOR_TOKEN "
+            "(`conveyor server token` prints it on the server host)",
+            key="token",
+        )
+    setup_logging()
+    anyio.run(_start, cfg)
+
+
+async def _start(cfg: AgentSettings) -> None:
+    from conveyor.agent import AgentPool, WorkerOptions
+
+    tags = dict(cfg.tags)
+    if cfg.queue:
+        tags["queue"] = cfg.queue
+    assert cfg.token is not None
+    pool = AgentPool(
+        WorkerOptions(
+            endpoint=cfg.endpoint,
+            registration_token=cfg.token,
+            name=cfg.name,
+            tags=tags,
+            priority=cfg.priority,
+            build_path=cfg.build_path,
+            shell=cfg.shell,
+            use_pty=not cfg.no_pty,
+            ping_interval=cfg.ping_interval,
+            cancel_grace=cfg.cancel_grace_period,
+        ),
+        spawn=cfg.spawn,
+    )
+    async with anyio.create_task_group() as tg:
+
+        async def handle_signals() -> None:
+            with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                count = 0
+                async for signum in signals:
+                    count += 1
+                    if count == 1:
+                        log.info("%s: finishing running jobs, then disconnecting", signum.name)
+                        pool.stop()
+                    else:
+                        log.info("%s again: cancelling running jobs", signum.name)
+                        pool.cancel_jobs()
+
+        tg.start_soon(handle_signals)
+        await pool.run()
+        tg.cancel_scope.cancel()
+    log.info("agent stopped")
+
+
+@agent.command("list")
+@click.option("--endpoint", help="The server's URL.")
+@click.option("--api-token", help="An API token (`conveyor server token --api`).")
+@config_option
+@friendly_errors
+def list_agents(config_file: Path | None, **flags: object) -> None:
+    """List the agents connected to the server."""
+    cfg = settings(ClientSettings, given(**flags), config_file)
+
+    async def main() -> None:
+        from conveyor.api_client import ApiClient
+
+        async with ApiClient.connect(cfg.endpoint, cfg.api_token) as api:
+            agents = await api.list_agents()
+        if not agents:
+            click.echo("no agents connected")
+            return
+        rows = [("NAME", "STATE", "JOB", "TAGS", "HOST", "ID")]
+        for a in agents:
+            tags = ",".join(f"{k}={v}" for k, v in sorted(a.tags.items()))
+            rows.append((a.name, a.state, a.current_job_id or "-", tags or "-", a.hostname, a.id))
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        for r in rows:
+            click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+
+    anyio.run(main)
+
+

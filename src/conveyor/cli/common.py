@@ -1,0 +1,84 @@
+"""What every command shares: loading settings, logging, and turning errors into messages."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, ParamSpec, TypeVar
+
+import click
+from pydantic import BaseModel
+
+from conveyor.config import load_settings
+from conveyor.errors import APIError, ConfigError, ConveyorError
+
+P = ParamSpec("P")
+R = TypeVar("R")
+M = TypeVar("M", bound=BaseModel)
+
+config_option = click.option(
+    "--config",
+    "config_file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    envvar="CONVEYOR_CONFIG",
+    help="YAML file of settings, keyed by flag name (e.g. `spawn: 2`). Env: CONVEYOR_CONFIG.",
+)
+
+
+def settings(
+    model: type[M],
+    flags: Mapping[str, object],
+    config_file: Path | None,
+    prefixes: Sequence[str] = ("CONVEYOR_",),
+) -> M:
+    """Settings from flags > CONVEYOR_* env > config file > defaults; warnings go to stderr."""
+    loaded = load_settings(
+        model, flags=flags, env=os.environ, config_file=config_file, env_prefixes=prefixes
+    )
+    for warning in loaded.warnings:
+        click.echo(f"conveyor: warning: {warning}", err=True)
+    return loaded.settings
+
+
+def setup_logging(level: str = "info") -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    # One line per HTTP request is noise at info level.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+
+
+def friendly_errors(fn: Callable[P, R]) -> Callable[P, R]:
+    """Users get one clear line on stderr and an exit status, never a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return fn(*args, **kwargs)
+        except ConfigError as exc:
+            click.echo(f"conveyor: configuration error: {exc}", err=True)
+            sys.exit(2)
+        except APIError as exc:
+            click.echo(f"conveyor: {exc}", err=True)
+            sys.exit(1)
+        except ConveyorError as exc:
+            click.echo(f"conveyor: error: {exc}", err=True)
+            sys.exit(1)
+        except KeyboardInterrupt:
+            click.echo("conveyor: interrupted", err=True)
+            sys.exit(130)
+
+    return wrapper
+
+
+def given(**flags: Any) -> dict[str, object]:
+    """The flags the user gave (click passes None for the rest)."""
+    return {k: v for k, v in flags.items() if v is not None}

@@ -1,0 +1,42 @@
+"""`conveyor job log`."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import anyio
+import click
+
+from conveyor.cli.client_options import client_options
+from conveyor.cli.common import friendly_errors, given, settings
+from conveyor.config import ClientSettings
+
+
+@click.group()
+def job() -> None:
+    """Inspect jobs."""
+
+
+@job.command()
+@click.argument("job_id")
+@client_options
+@friendly_errors
+def log(job_id: str, config_file: Path | None, **flags: object) -> None:
+    """Print a job's log exactly as stored.
+
+    Commands run in a PTY, which ends lines with \\r\\n: the log keeps those bytes as the
+    terminal produced them.
+    """
+    cfg = settings(ClientSettings, given(**flags), config_file)
+
+    async def main() -> None:
+        from conveyor.api_client import ApiClient
+
+        out = sys.stdout.buffer
+        async with ApiClient.connect(cfg.endpoint, cfg.api_token) as api:
+            async for data in api.job_log(job_id):
+                out.write(data)
+        out.flush()
+
+    anyio.run(main)

@@ -1,0 +1,41 @@
+"""`conveyor`: the root command. Each command group lives in its own module."""
+
+from __future__ import annotations
+
+import click
+
+from conveyor import __version__
+from conveyor.cli import agent, build, job, pipeline, run, server
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="conveyor")
+def cli() -> None:
+    """Conveyor: a self-hosted CI system.
+
+    \b
+    Run a pipeline on this machine:        conveyor run [pipeline.yml]
+    Run the dispatch server:               conveyor server
+    Run build agents against a server:     conveyor agent start --token TOKEN
+    Operate a server:                      conveyor build create / show, job log, agent list
+
+    Every flag can also be set as CONVEYOR_<FLAG> in the environment (e.g. CONVEYOR_SPAWN=4)
+    or in a YAML file given with --config; flags win over the environment, which wins over
+    the file.
+    """
+
+
+cli.add_command(run.run)
+cli.add_command(server.server)
+cli.add_command(agent.agent)
+cli.add_command(build.build)
+cli.add_command(job.job)
+cli.add_command(pipeline.pipeline)
+
+
+def main() -> None:
+    cli(prog_name="conveyor")
+
+
+if __name__ == "__main__":
+    main()

@@ -104,9 +104,16 @@ def describe(node: Node) -> str:
     return "a string"
 
 
+class _YAML(YAML):  # type: ignore[misc]
+    """ruamel's loader without its plug-in discovery, which globs the disk on every instance."""
+
+    def official_plug_ins(self) -> list[str]:
+        return []
+
+
 def load_yaml(text: str, *, filename: str) -> Node | None:
     """Parse the first YAML document in `text`. None when there is no document at all."""
-    yaml = YAML(typ="rt", pure=True)  # a new loader each time: they keep state between loads
+    yaml = _YAML(typ="rt", pure=True)  # a new loader each time: they keep state between loads
     yaml.Composer = _Composer
     yaml.Constructor = _Constructor
     yaml.max_depth = MAX_DEPTH

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import AsyncIterator
 from typing import Annotated
 
 import anyio
+import anyio.to_thread
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import StreamingResponse
 
@@ -77,7 +79,10 @@ async def create_build(
     ctx: ServerContext, slug: str, body: p.CreateBuildRequest, *, source: str = "api"
 ) -> tuple[BuildRow, list[str]]:
     """Validate the whole pipeline first, then store the build in one transaction."""
-    pipeline = parse_pipeline(body.pipeline, filename=body.filename)
+    # Parsing is CPU work proportional to the document: keep it off the event loop.
+    pipeline = await anyio.to_thread.run_sync(
+        functools.partial(parse_pipeline, body.pipeline, filename=body.filename)
+    )
     planned = scheduler.plan_steps(pipeline, filename=body.filename)
     async with ctx.store.transaction() as tx:
         build_id = await tx.insert_build(

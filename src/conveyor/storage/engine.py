@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import anyio
+import anyio.to_thread
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import event, text
@@ -70,9 +73,7 @@ def _upgrade(sync_conn: Connection) -> None:
     command.upgrade(cfg, "head")
 
 
-async def open_database(url: str, *, migrate: bool = True) -> Database:
-    """Create the engine for `url` (sqlite:/// or postgresql://) and apply pending migrations."""
-    async_url, backend = _async_url(url)
+def _create_engine(async_url: str, backend: str) -> AsyncEngine:
     if backend == "sqlite":
         # One connection: SQLite has one writer anyway, and a single connection means no
         # SQLITE_BUSY between our own sessions. Sessions are kept short for that reason.
@@ -80,14 +81,33 @@ async def open_database(url: str, *, migrate: bool = True) -> Database:
         event.listen(engine.sync_engine, "connect", _tune_sqlite)
     else:
         engine = create_async_engine(async_url, pool_size=10, max_overflow=20, pool_pre_ping=True)
-    db = Database(engine=engine, backend=backend, url=make_url(async_url).render_as_string())
+    return engine
+
+
+async def open_database(url: str, *, migrate: bool = True) -> Database:
+    """Create the engine for `url` (sqlite:/// or postgresql://) and apply pending migrations.
+
+    Engine creation and migrations read files and resolve paths: both run in a worker thread,
+    the migrations on an event loop and engine of their own, so the server's loop never blocks.
+    """
+    async_url, backend = _async_url(url)
     if migrate:
-        await migrate_database(db)
-    return db
+        await anyio.to_thread.run_sync(_migrate_in_thread, async_url, backend)
+    engine = await anyio.to_thread.run_sync(_create_engine, async_url, backend)
+    return Database(engine=engine, backend=backend, url=make_url(async_url).render_as_string())
 
 
-async def migrate_database(db: Database) -> None:
-    async with db.engine.begin() as conn:
-        if db.backend == "postgresql":
-            await conn.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": _MIGRATION_LOCK_ID})
-        await conn.run_sync(_upgrade)
+def _migrate_in_thread(async_url: str, backend: str) -> None:
+    async def migrate() -> None:
+        engine = _create_engine(async_url, backend)
+        try:
+            async with engine.begin() as conn:
+                if backend == "postgresql":
+                    await conn.execute(
+                        text("SELECT pg_advisory_xact_lock(:id)"), {"id": _MIGRATION_LOCK_ID}
+                    )
+                await conn.run_sync(_upgrade)
+        finally:
+            await engine.dispose()
+
+    asyncio.run(migrate())

@@ -73,7 +73,9 @@ class Api:
         await self.http.aclose()
 
     async def create_build(self, pipeline: str, slug: str = "test", **body: object) -> p.BuildOut:
-        r = await self.http.post(f"/api/v1/pipelines/{slug}/builds", json={"pipeline": pipeline, **body})
+        r = await self.http.post(
+            f"/api/v1/pipelines/{slug}/builds", json={"pipeline": pipeline, **body}
+        )
         assert r.status_code == 201, r.text
         return p.BuildOut.model_validate(r.json())
 

@@ -205,7 +205,9 @@ class JobClient(_Base):
         )  # fmt: skip
 
     async def state(self) -> p.JobStateResponse:
-        return await self._call("job state", STATE, "GET", f"/jobs/{self.job_id}", p.JobStateResponse)
+        return await self._call(
+            "job state", STATE, "GET", f"/jobs/{self.job_id}", p.JobStateResponse
+        )
 
     async def finish(self, body: p.FinishRequest) -> None:
         await self._call_empty(

@@ -39,8 +39,7 @@ def find_pipeline(given: Path | None) -> Path:
         if candidate.is_file():
             return candidate
     raise ConveyorError(
-        "no pipeline file given and none found at "
-        + " or ".join(str(f) for f in DEFAULT_FILES)
+        "no pipeline file given and none found at " + " or ".join(str(f) for f in DEFAULT_FILES)
     )
 
 
@@ -90,7 +89,7 @@ async def run_local(
     env: dict[str, str] | None = None,
 ) -> LocalResult:
     out = out or sys.stdout
-    text = pipeline_file.read_text()
+    text = await anyio.Path(pipeline_file).read_text()
     # Reject a bad pipeline before anything starts.
     parse_pipeline(text, filename=str(pipeline_file))
     with tempfile.TemporaryDirectory(prefix="conveyor-run-") as tmp:
@@ -100,9 +99,7 @@ async def run_local(
         )
         result = LocalResult(build=None, interrupted=False)
         async with anyio.create_task_group() as tg:
-            handle: ServerHandle = await tg.start(
-                _server, server_settings
-            )
+            handle: ServerHandle = await tg.start(_server, server_settings)
             assert handle.registration_token and handle.api_token
             pool = AgentPool(
                 WorkerOptions(

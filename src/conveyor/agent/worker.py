@@ -40,7 +40,7 @@ class WorkerOptions:
     name: str = "%hostname-%spawn"
     tags: dict[str, str] = field(default_factory=dict)
     priority: int = 0
-    build_path: Path = Path("~/.conveyor/builds").expanduser()
+    build_path: Path = field(default_factory=lambda: Path("~/.conveyor/builds").expanduser())
     shell: str = "/bin/bash -e -c"
     use_pty: bool = True
     ping_interval: int = 0  # 0: the server's
@@ -128,9 +128,7 @@ class AgentWorker:
             log.warning("%s: could not start job %s: %s", self.name, job_id, exc)
             await self._finish(job, exit_status=-1, reason=p.SignalReason.PROCESS_RUN_ERROR)
             return
-        workdir = self.options.workdir or (
-            self.options.build_path / self.name / spec.pipeline
-        )
+        workdir = self.options.workdir or (self.options.build_path / self.name / spec.pipeline)
         run = JobRun(
             command=spec.command,
             env=job_process_env(

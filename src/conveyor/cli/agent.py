@@ -25,16 +25,25 @@ def agent() -> None:
 @agent.command()
 @click.option("--endpoint", help="The server's URL.  [default: http://127.0.0.1:8080]")
 @click.option("--token", help="The agent registration token (`conveyor server token`).")
-@click.option("--name", help="Agent name; %hostname and %spawn are replaced.  [default: %hostname-%spawn]")
+@click.option(
+    "--name", help="Agent name; %hostname and %spawn are replaced.  [default: %hostname-%spawn]"
+)
 @click.option("--tags", help="Tags as k=v,k2=v2; jobs select agents by them.")
 @click.option("--queue", help="The queue to serve (the `queue` tag).  [default: default]")
 @click.option("--priority", type=int, help="Higher-priority agents are offered jobs first.")
 @click.option("--spawn", type=int, help="How many workers (concurrent jobs) to run.  [default: 1]")
-@click.option("--build-path", type=click.Path(path_type=Path, file_okay=False),
-              help="Where jobs run: <build-path>/<agent-name>/<pipeline>.  [default: ~/.conveyor/builds]")  # fmt: skip
+@click.option(
+    "--build-path",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Where jobs run: <build-path>/<agent-name>/<pipeline>.  [default: ~/.conveyor/builds]",
+)
 @click.option("--shell", help="Shell that runs each command.  [default: /bin/bash -e -c]")
 @click.option("--ping-interval", help="Seconds between pings (integer, ≥ 2; 0 = the server's).")
-@click.option("--cancel-grace-period", type=int, help="Seconds between the cancel signal and SIGKILL.  [default: 10]")  # fmt: skip
+@click.option(
+    "--cancel-grace-period",
+    type=int,
+    help="Seconds between the cancel signal and SIGKILL.  [default: 10]",
+)
 @click.option("--no-pty", is_flag=True, default=None, help="Run commands on pipes, not in a PTY.")
 @config_option
 @friendly_errors
@@ -125,5 +134,3 @@ def list_agents(config_file: Path | None, **flags: object) -> None:
             click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
 
     anyio.run(main)
-
-

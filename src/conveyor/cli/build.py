@@ -41,7 +41,9 @@ def _env_pairs(pairs: tuple[str, ...]) -> dict[str, str]:
 @click.option("--branch", default="main", show_default=True)
 @click.option("--commit", default="HEAD", show_default=True)
 @click.option("--message", "-m", default="", help="The build message.")
-@click.option("--env", "-e", multiple=True, help="KEY=VALUE for every job of the build (repeatable).")
+@click.option(
+    "--env", "-e", multiple=True, help="KEY=VALUE for every job of the build (repeatable)."
+)
 @click.option("--wait", is_flag=True, help="Follow the build and exit 0 if it passed, 1 if not.")
 @client_options
 @friendly_errors
@@ -102,7 +104,9 @@ def show(number: int, slug: str, config_file: Path | None, **flags: object) -> N
         async with ApiClient.connect(cfg.endpoint, cfg.api_token) as api:
             b = await api.get_build(slug, number)
         click.echo(f"Build {b.pipeline}#{b.number}: {b.state.value}")
-        click.echo(f"  branch {b.branch}  commit {b.commit}  created {b.created_at:%Y-%m-%d %H:%M:%S}Z")
+        click.echo(
+            f"  branch {b.branch}  commit {b.commit}  created {b.created_at:%Y-%m-%d %H:%M:%S}Z"
+        )
         if b.message:
             click.echo(f"  {b.message}")
         for j in b.jobs:

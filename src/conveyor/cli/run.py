@@ -14,7 +14,9 @@ from conveyor.config import RunSettings
 
 @click.command()
 @click.argument("pipeline_file", required=False, type=click.Path(path_type=Path, dir_okay=False))
-@click.option("--agents", type=int, help="How many local agents run jobs side by side.  [default: 2]")
+@click.option(
+    "--agents", type=int, help="How many local agents run jobs side by side.  [default: 2]"
+)
 @click.option("--data-dir", type=click.Path(path_type=Path, file_okay=False),
               help="Keep the build's database here instead of a temporary dir.")  # fmt: skip
 @click.option("--shell", help="Shell that runs each command.  [default: /bin/bash -e -c]")

@@ -26,13 +26,21 @@ from conveyor.errors import ConveyorError
     help="postgresql://user@host/db to use PostgreSQL instead of SQLite in the data dir.",
 )
 @click.option("--external-url", help="The URL agents and users reach this server at.")
-@click.option("--agent-lost-timeout", type=int, help="Seconds without a heartbeat before an agent is lost.  [default: 180]")
-@click.option("--chunk-max-size", type=int, help="Largest log chunk agents may send, in bytes.  [default: 1048576]")
+@click.option(
+    "--agent-lost-timeout",
+    type=int,
+    help="Seconds without a heartbeat before an agent is lost.  [default: 180]",
+)
+@click.option(
+    "--chunk-max-size",
+    type=int,
+    help="Largest log chunk agents may send, in bytes.  [default: 1048576]",
+)
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]))
 @config_option
 @click.pass_context
 @friendly_errors
-def server(ctx: click.Context, config_file: Path | None, **flags: object) -> None:
+def server(ctx: click.Context, /, config_file: Path | None, **flags: object) -> None:
     """Run the dispatch server: agent API, REST API and OpenAPI schema at /openapi.json.
 
     On first start it creates an agent registration token and an API token, prints them, and
@@ -74,7 +82,7 @@ async def _serve(cfg: ServerSettings) -> None:
 @click.option("--api", is_flag=True, help="Print the API token instead of the registration token.")
 @click.pass_context
 @friendly_errors
-def token(ctx: click.Context, api: bool) -> None:
+def token(ctx: click.Context, /, api: bool) -> None:
     """Print the agent registration token (or, with --api, the API token) from the data dir."""
     from conveyor.server.service import TOKEN_FILES
 

@@ -104,7 +104,7 @@ def describe(node: Node) -> str:
     return "a string"
 
 
-class _YAML(YAML):  # type: ignore[misc]
+class _YAML(YAML):
     """ruamel's loader without its plug-in discovery, which globs the disk on every instance."""
 
     def official_plug_ins(self) -> list[str]:

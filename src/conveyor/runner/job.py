@@ -6,8 +6,8 @@ import logging
 import shlex
 import signal
 from dataclasses import dataclass
-from typing import Protocol
 from pathlib import Path
+from typing import Protocol
 
 import anyio
 
@@ -53,9 +53,7 @@ class JobResult:
 class JobRunner:
     """Runs one `JobRun`; `cancel(reason)` stops it (signal, grace, SIGKILL) from outside."""
 
-    def __init__(
-        self, run: JobRun, sink: LogSink, *, tee: OutputTee | None = None
-    ) -> None:
+    def __init__(self, run: JobRun, sink: LogSink, *, tee: OutputTee | None = None) -> None:
         self.run_spec = run
         self._sink = sink
         self._tee = tee

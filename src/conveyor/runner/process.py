@@ -12,6 +12,7 @@ so once the command has exited, output is read until the terminal has been quiet
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
@@ -58,13 +59,13 @@ def _open_terminal(use_pty: bool) -> tuple[int, int]:
 
 
 def _kill_group(pgid: int, signum: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(pgid, signum)
-    except ProcessLookupError:
-        pass
 
 
-async def _pump(fd: int, exited: anyio.Event, on_output: Callable[[bytes], Awaitable[None]]) -> None:
+async def _pump(
+    fd: int, exited: anyio.Event, on_output: Callable[[bytes], Awaitable[None]]
+) -> None:
     while True:
         if exited.is_set():
             with anyio.move_on_after(DRAIN_IDLE_S) as idle:

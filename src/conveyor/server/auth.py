@@ -1,4 +1,4 @@
-"""Request authentication: `Authorization: Token <t>` (or `Bearer <t>`) checked against the store."""
+"""Request authentication: `Authorization: Token <t>` (or `Bearer <t>`), checked in the store."""
 
 from __future__ import annotations
 

@@ -81,9 +81,7 @@ class AgentQueries(QueryBase):
         elif state in ("disconnected", "lost"):
             extra["disconnected_at"] = now
         await self.conn.execute(
-            update(t.agents)
-            .where(t.agents.c.id == agent_id)
-            .values(state=state, **extra, **values)
+            update(t.agents).where(t.agents.c.id == agent_id).values(state=state, **extra, **values)
         )
 
     async def record_heartbeat(self, agent_id: str, at: datetime) -> None:

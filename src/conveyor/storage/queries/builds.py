@@ -167,7 +167,9 @@ class BuildQueries(QueryBase):
         )
         step_list = [step_row(s) for s in steps]
         position = {s.id: s.position for s in step_list}
-        job_list = sorted((job_row(j) for j in jobs), key=lambda j: (position[j.step_id], j.attempt))
+        job_list = sorted(
+            (job_row(j) for j in jobs), key=lambda j: (position[j.step_id], j.attempt)
+        )
         return _build_row(r, jobs=job_list, steps=step_list)
 
     async def get_build(self, build_id: str) -> BuildRow:
@@ -181,7 +183,9 @@ class BuildQueries(QueryBase):
         except NotFoundError:
             raise NotFoundError(f"no build {pipeline_slug}#{number}") from None
 
-    async def list_builds(self, *, pipeline_slug: str | None = None, limit: int = 50) -> list[BuildRow]:
+    async def list_builds(
+        self, *, pipeline_slug: str | None = None, limit: int = 50
+    ) -> list[BuildRow]:
         q = (
             select(*_BUILD_COLUMNS)
             .select_from(t.builds.join(t.pipelines, t.builds.c.pipeline_id == t.pipelines.c.id))

@@ -56,7 +56,7 @@ class JobQueries(QueryBase):
             .where(t.jobs.c.id == job_id, t.jobs.c.state.in_(list(from_states)))
             .values(state=to_state, **values)
         )
-        return bool(result.rowcount)  # type: ignore[attr-defined]
+        return bool(result.rowcount)
 
     async def require_transition(
         self, job_id: str, from_states: Iterable[str], to_state: str, **values: Any

@@ -27,7 +27,7 @@ class LogQueries(QueryBase):
             .on_conflict_do_nothing(index_elements=["job_id", "offset"])
         )
         result = await self.conn.execute(stmt)
-        if result.rowcount:  # type: ignore[attr-defined]
+        if result.rowcount:
             return True
         existing = (
             await self.conn.execute(

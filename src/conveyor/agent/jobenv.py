@@ -41,5 +41,6 @@ def job_process_env(
         facts["BUILDKITE_" + name.removeprefix("CONVEYOR_")] = value
     env.update(facts)
     if use_pty:
-        env.setdefault("TERM", "xterm-256color")
+        # The job talks to the terminal we made, whatever the agent itself was started in.
+        env["TERM"] = "xterm-256color"
     return env

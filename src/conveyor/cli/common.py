@@ -56,25 +56,61 @@ def setup_logging(level: str = "info") -> None:
     logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
+def _leaves(exc: BaseException) -> list[BaseException]:
+    """The exceptions inside (nested) exception groups, as task groups raise them."""
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
+    return [exc]
+
+
+def _exit_for(exc: BaseException) -> int | None:
+    """Print the message for a known failure and return the exit status; None if unknown."""
+    if isinstance(exc, ConfigError):
+        click.echo(f"conveyor: configuration error: {exc}", err=True)
+        return 2
+    if isinstance(exc, APIError):
+        click.echo(f"conveyor: {exc}", err=True)
+        return 1
+    if isinstance(exc, ConveyorError):
+        click.echo(f"conveyor: error: {exc}", err=True)
+        return 1
+    if isinstance(exc, KeyboardInterrupt):
+        click.echo("conveyor: interrupted", err=True)
+        return 130
+    if isinstance(exc, BrokenPipeError):
+        # Output went to a pipe that was closed (`| head`): nothing more to say.
+        return 1
+    return None
+
+
 def friendly_errors(fn: Callable[P, R]) -> Callable[P, R]:
-    """Users get one clear line on stderr and an exit status, never a traceback."""
+    """Users get one clear line on stderr and an exit status, never a traceback.
+
+    An unexpected error is reported in one line too; CONVEYOR_DEBUG=1 shows its traceback.
+    """
 
     @functools.wraps(fn)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return fn(*args, **kwargs)
-        except ConfigError as exc:
-            click.echo(f"conveyor: configuration error: {exc}", err=True)
-            sys.exit(2)
-        except APIError as exc:
-            click.echo(f"conveyor: {exc}", err=True)
-            sys.exit(1)
-        except ConveyorError as exc:
-            click.echo(f"conveyor: error: {exc}", err=True)
-            sys.exit(1)
-        except KeyboardInterrupt:
-            click.echo("conveyor: interrupted", err=True)
-            sys.exit(130)
+        except (SystemExit, click.exceptions.Exit, click.ClickException):
+            raise
+        except BaseException as exc:
+            for leaf in _leaves(exc):
+                if isinstance(leaf, SystemExit):
+                    raise leaf from None
+                status = _exit_for(leaf)
+                if status is not None:
+                    sys.exit(status)
+            if os.environ.get("CONVEYOR_DEBUG"):
+                raise
+            first = _leaves(exc)[0]
+            click.echo(
+                f"conveyor: internal error: {type(first).__name__}: {first} "
+                "(set CONVEYOR_DEBUG=1 for the traceback)",
+                err=True,
+            )
+            sys.exit(70)
 
     return wrapper
 

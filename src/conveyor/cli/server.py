@@ -80,13 +80,22 @@ async def _serve(cfg: ServerSettings) -> None:
 
 @server.command()
 @click.option("--api", is_flag=True, help="Print the API token instead of the registration token.")
+@click.option(
+    "--data-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="The server's data dir.  [default: ~/.conveyor/server]",
+)
+@config_option
 @click.pass_context
 @friendly_errors
-def token(ctx: click.Context, /, api: bool) -> None:
+def token(
+    ctx: click.Context, /, api: bool, data_dir: Path | None, config_file: Path | None
+) -> None:
     """Print the agent registration token (or, with --api, the API token) from the data dir."""
     from conveyor.server.service import TOKEN_FILES
 
-    cfg = settings(ServerSettings, ctx.obj["flags"], ctx.obj["config_file"])
+    flags = {**ctx.obj["flags"], **given(data_dir=data_dir)}
+    cfg = settings(ServerSettings, flags, config_file or ctx.obj["config_file"])
     path = cfg.data_dir / TOKEN_FILES["api" if api else "registration"]
     if not path.is_file():
         raise ConveyorError(

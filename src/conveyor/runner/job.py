@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shlex
 import signal
@@ -74,7 +75,12 @@ class JobRunner:
 
             async def output(data: bytes) -> None:
                 if self._tee is not None:
-                    self._tee.write(data)
+                    try:
+                        self._tee.write(data)
+                    except Exception as exc:
+                        # A reader that went away (a closed pipe) must not fail the job.
+                        log.warning("job output can no longer be shown: %s", exc)
+                        self._tee = None
                 await streamer.write(data)
 
             with self._scope:
@@ -97,7 +103,8 @@ class JobRunner:
                     await output(f"conveyor: could not start the job: {exc}\r\n".encode())
                     reason = SignalReason.PROCESS_RUN_ERROR
             if self._tee is not None:
-                self._tee.close()
+                with contextlib.suppress(Exception):
+                    self._tee.close()
             if self._scope.cancelled_caught:
                 status, sig = -1, signal.Signals(spec.cancel_signal).name
                 reason = self._cancel_reason or SignalReason.CANCEL

@@ -1,0 +1,87 @@
+"""Log chunks: keyed by (job, offset); the same chunk twice is stored once, a different one conflicts."""
+
+from __future__ import annotations
+
+import pytest
+
+from conveyor.errors import ConflictError
+from conveyor.storage import Store
+from tests.storage.builders import command_step, insert_build
+
+pytestmark = pytest.mark.anyio
+
+
+async def _two_jobs(store: Store) -> tuple[str, str]:
+    async with store.transaction() as tx:
+        build_id = await insert_build(tx, "p", [command_step("a"), command_step("b")])
+        a, b = (await tx.get_build(build_id)).jobs
+    return a.id, b.id
+
+
+async def test_identical_chunk_is_stored_once(store: Store) -> None:
+    job, _ = await _two_jobs(store)
+    async with store.transaction() as tx:
+        assert await tx.insert_chunk(job, 1, 0, b"hello") is True
+    async with store.transaction() as tx:
+        # A retried upload: same offset, same bytes (the sequence number does not matter).
+        assert await tx.insert_chunk(job, 1, 0, b"hello") is False
+        assert await tx.insert_chunk(job, 7, 0, b"hello") is False
+        assert await tx.chunk_index(job) == [(0, 5)]
+        assert await tx.read_chunks(job, [0]) == [b"hello"]
+
+
+async def test_different_chunk_at_a_stored_offset_conflicts(store: Store) -> None:
+    job, _ = await _two_jobs(store)
+    async with store.transaction() as tx:
+        await tx.insert_chunk(job, 1, 0, b"hello")
+    for data in [b"HELLO", b"hello, world", b"hell", b""]:
+        with pytest.raises(ConflictError, match="at offset 0"):
+            async with store.transaction() as tx:
+                await tx.insert_chunk(job, 2, 0, data)
+    async with store.transaction() as tx:
+        assert await tx.read_chunks(job, [0]) == [b"hello"]
+        assert await tx.chunk_index(job) == [(0, 5)]
+
+
+async def test_chunk_index_is_in_offset_order(store: Store) -> None:
+    job, other = await _two_jobs(store)
+    pieces = {10: b"third", 0: b"first", 5: b"secnd", 15: b"\x00\xff\r\n"}
+    async with store.transaction() as tx:
+        for sequence, (offset, data) in enumerate(pieces.items(), start=1):
+            assert await tx.insert_chunk(job, sequence, offset, data)
+        # The same offsets on another job are another log.
+        assert await tx.insert_chunk(other, 1, 0, b"other job")
+    async with store.transaction() as tx:
+        assert await tx.chunk_index(job) == [(0, 5), (5, 5), (10, 5), (15, 4)]
+        assert await tx.chunk_index(other) == [(0, 9)]
+        assert await tx.read_chunks(job, [0, 5, 10, 15]) == [
+            b"first",
+            b"secnd",
+            b"third",
+            b"\x00\xff\r\n",
+        ]
+        # A subset, asked for in any order, comes back in offset order.
+        assert await tx.read_chunks(job, [15, 5]) == [b"secnd", b"\x00\xff\r\n"]
+        assert await tx.read_chunks(job, [99]) == []
+        assert await tx.chunk_index("no-such-job") == []
+
+
+async def test_binary_and_large_chunks_round_trip(store: Store) -> None:
+    job, _ = await _two_jobs(store)
+    big = bytes(range(256)) * 4096  # 1 MiB, every byte value
+    async with store.transaction() as tx:
+        assert await tx.insert_chunk(job, 1, 0, big)
+        assert await tx.insert_chunk(job, 2, len(big), b"")
+    async with store.transaction() as tx:
+        assert await tx.chunk_index(job) == [(0, len(big)), (len(big), 0)]
+        assert await tx.read_chunks(job, [0, len(big)]) == [big, b""]
+        assert await tx.insert_chunk(job, 1, 0, big) is False
+
+
+async def test_log_size_is_added_per_stored_chunk(store: Store) -> None:
+    job, _ = await _two_jobs(store)
+    async with store.transaction() as tx:
+        await tx.add_log_size(job, 5)
+        await tx.add_log_size(job, 7)
+    async with store.transaction() as tx:
+        assert (await tx.get_job(job)).log_size == 12

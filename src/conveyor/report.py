@@ -12,13 +12,15 @@ _MARKS = {
     "passed": "✔",
     "failed": "✘",
     "skipped": "-",
-    "canceled": "■",
+    "canceled": "✘",
     "expired": "■",
 }
 
 
 def job_outcome(job: p.JobOut) -> str:
     if job.state == p.JobState.FINISHED:
+        if job.signal_reason == p.SignalReason.CANCEL:
+            return "canceled"
         return "passed" if job.passed else "failed"
     if job.state in (p.JobState.CANCELED, p.JobState.SKIPPED, p.JobState.EXPIRED):
         return job.state.value

@@ -21,7 +21,7 @@ async def running_server(
 ) -> AsyncIterator[ServerHandle]:
     cfg = ServerSettings(
         listen="127.0.0.1:0", data_dir=data_dir, database_url=database_url,
-        log_level="warning", **settings,  # type: ignore[arg-type]
+        log_level="warning", **settings,
     )  # fmt: skip
     async with anyio.create_task_group() as tg:
 

@@ -128,9 +128,7 @@ def process_state(pid: int) -> str | None:
 
 
 async def test_config_errors_name_key_and_source(tmp_path: Path) -> None:
-    bad_env = await conveyor(
-        "agent", "start", "--token", "x", env=clean_env(CONVEYOR_SPAWN="lots")
-    )
+    bad_env = await conveyor("agent", "start", "--token", "x", env=clean_env(CONVEYOR_SPAWN="lots"))
     assert bad_env.returncode == 2
     assert "spawn" in bad_env.stderr and "CONVEYOR_SPAWN" in bad_env.stderr
 

@@ -62,9 +62,7 @@ async def test_server_agent_and_operator_cli(tmp_path: Path) -> None:
             job_ids = re.findall(r"job ([0-9a-f-]{36})", shown_build.stdout)
             assert len(job_ids) == 2
 
-            log = await anyio.run_process(
-                [*CONVEYOR, "job", "log", job_ids[0]], env=ops
-            )
+            log = await anyio.run_process([*CONVEYOR, "job", "log", job_ids[0]], env=ops)
             # Exactly what the command printed, as the PTY delivered it (\r\n line ends,
             # stderr merged in order).
             assert log.stdout == b"hello\r\n\tworld\r\ndone\r\n"
@@ -125,7 +123,10 @@ async def test_operator_errors_are_clear(tmp_path: Path) -> None:
     assert "no API token" in no_token.stderr and "Traceback" not in no_token.stderr
 
     unreachable = await conveyor(
-        "build", "show", "1", env=clean_env(CONVEYOR_API_TOKEN="x", CONVEYOR_ENDPOINT="http://127.0.0.1:9")
+        "build",
+        "show",
+        "1",
+        env=clean_env(CONVEYOR_API_TOKEN="x", CONVEYOR_ENDPOINT="http://127.0.0.1:9"),
     )
     assert unreachable.returncode == 1
     assert "cannot reach the server" in unreachable.stderr

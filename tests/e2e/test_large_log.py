@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 from pathlib import Path
 
 import pytest
@@ -40,7 +41,9 @@ async def test_fifty_megabytes(database_url: str, tmp_path: Path) -> None:
         Api(server) as api,
     ):
         build = await api.wait_build(
-            await api.create_build(f"steps:\n  - label: big\n    command: |\n{_indent(GENERATOR)}\n"),
+            await api.create_build(
+                f"steps:\n  - label: big\n    command: |\n{_indent(GENERATOR)}\n"
+            ),
             timeout=240,
         )
         job = build.jobs[0]
@@ -59,5 +62,5 @@ async def test_fifty_megabytes(database_url: str, tmp_path: Path) -> None:
     offsets = [o for o, _ in index]
     assert offsets == sorted(set(offsets))
     assert sum(size for _, size in index) == len(expected)
-    assert all(o == prev_o + prev_s for (prev_o, prev_s), (o, _) in zip(index, index[1:], strict=False))
+    assert all(o == prev_o + prev_s for (prev_o, prev_s), (o, _) in itertools.pairwise(index))
     assert job.log_size == len(expected)

@@ -51,7 +51,9 @@ def pids_after(output: Output, marker: bytes = b"ready") -> list[int]:
 
 
 @pytest.mark.parametrize(
-    ("cancel_signal", "trap"), [(signal.SIGTERM, "TERM"), (signal.SIGINT, "INT")]
+    ("cancel_signal", "trap"),
+    [(signal.SIGTERM, "TERM"), (signal.SIGINT, "INT")],
+    ids=["SIGTERM", "SIGINT"],
 )
 async def test_cancel_sends_the_cancel_signal_and_ends_quickly(
     tmp_path: Path, cancel_signal: int, trap: str
@@ -105,21 +107,16 @@ async def test_background_child_in_the_group_is_killed_too(tmp_path: Path) -> No
 
 async def test_grandchildren_in_the_group_are_killed(tmp_path: Path) -> None:
     output = Output()
-    script = (
-        "trap '' TERM; "
-        "bash -c 'sleep 30 & echo $! > \"$PIDFILE\"; wait' & "
-        "trap - TERM; "
-        'while [ ! -s "$PIDFILE" ]; do sleep 0.01; done; '
-        'echo ready $(cat "$PIDFILE"); wait'
-    )
-    elapsed = await cancel_once(
-        script, tmp_path, output, env=base_env(PIDFILE=str(tmp_path / "grandchild.pid"))
-    )
-    (grandchild,) = pids_after(output)
+    # A nested shell (TERM ignored, inherited) with a child of its own, both in the group.
+    script = "trap '' TERM; bash -c 'sleep 30 & echo ready $$ $!; wait' & trap - TERM; wait"
+    elapsed = await cancel_once(script, tmp_path, output)
+    inner, grandchild = pids_after(output)
     try:
         assert elapsed < 3
+        await wait_gone(inner)
         await wait_gone(grandchild)
     finally:
+        kill_quietly(inner)
         kill_quietly(grandchild)
 
 

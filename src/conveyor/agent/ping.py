@@ -28,11 +28,13 @@ class PingLoop:
         on_job: Callable[[str], Awaitable[None]],
         *,
         name: str,
+        disconnect_after_job: bool = False,
     ):
         self._client = client
         self._interval = interval
         self._on_job = on_job
         self._name = name
+        self._disconnect_after_job = disconnect_after_job
         self._stopping = anyio.Event()
         self._wait_scope: anyio.CancelScope | None = None
 
@@ -67,4 +69,7 @@ class PingLoop:
                 return
             if response.job is not None:
                 await self._on_job(response.job.id)
+                if self._disconnect_after_job:
+                    log.info("%s: disconnecting after one job, as configured", self._name)
+                    return
                 delay = 0

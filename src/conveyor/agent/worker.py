@@ -45,6 +45,7 @@ class WorkerOptions:
     use_pty: bool = True
     ping_interval: int = 0  # 0: the server's
     cancel_grace: float = 10.0
+    disconnect_after_job: bool = False
     # `conveyor run` runs jobs in the working tree itself instead of a checkout.
     workdir: Path | None = None
 
@@ -97,8 +98,13 @@ class AgentWorker:
         await client.connect()
         log.info("%s: registered as %s and connected", self.name, registered.id)
         interval = opts.ping_interval or registered.ping_interval
-        self._ping = PingLoop(client, interval, lambda job_id: self._run_job(client, job_id),
-                              name=self.name)  # fmt: skip
+        self._ping = PingLoop(
+            client,
+            interval,
+            lambda job_id: self._run_job(client, job_id),
+            name=self.name,
+            disconnect_after_job=opts.disconnect_after_job,
+        )
         if self._stop_requested:
             self._ping.stop()
         task_status.started()

@@ -45,6 +45,12 @@ def agent() -> None:
     help="Seconds between the cancel signal and SIGKILL.  [default: 10]",
 )
 @click.option("--no-pty", is_flag=True, default=None, help="Run commands on pipes, not in a PTY.")
+@click.option(
+    "--disconnect-after-job",
+    is_flag=True,
+    default=None,
+    help="Run one job per worker, then disconnect and exit 0.",
+)
 @config_option
 @friendly_errors
 def start(config_file: Path | None, **flags: object) -> None:
@@ -85,6 +91,7 @@ async def _start(cfg: AgentSettings) -> None:
             use_pty=not cfg.no_pty,
             ping_interval=cfg.ping_interval,
             cancel_grace=cfg.cancel_grace_period,
+            disconnect_after_job=cfg.disconnect_after_job,
         ),
         spawn=cfg.spawn,
     )

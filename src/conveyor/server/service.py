@@ -17,6 +17,7 @@ from conveyor.config import ServerSettings
 from conveyor.errors import AuthError, ConfigError
 from conveyor.server.app import create_app
 from conveyor.server.context import ServerContext
+from conveyor.server.reaper import reaper_loop
 from conveyor.storage import Store, open_database
 from conveyor.storage.engine import sqlite_url
 
@@ -120,6 +121,8 @@ async def run_server(
         ctx = ServerContext(
             store=store,
             ping_interval=ping_interval,
+            # Three beats fit in the lost timeout, so one lost request does not lose an agent.
+            heartbeat_interval=max(1, min(60, settings.agent_lost_timeout // 3)),
             chunk_max_size=settings.chunk_max_size,
             external_url=settings.external_url or base_url,
         )
@@ -141,6 +144,7 @@ async def run_server(
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(serve)
+            tg.start_soon(reaper_loop, ctx, settings.agent_lost_timeout)
             task_status.started(
                 ServerHandle(
                     url=base_url,

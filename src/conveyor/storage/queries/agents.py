@@ -57,6 +57,7 @@ class AgentQueries(QueryBase):
                 priority=priority,
                 state="registered",
                 created_at=utcnow(),
+                last_seen_at=utcnow(),
             )
         )
         return agent_id
@@ -83,6 +84,29 @@ class AgentQueries(QueryBase):
         await self.conn.execute(
             update(t.agents).where(t.agents.c.id == agent_id).values(state=state, **extra, **values)
         )
+
+    async def silent_agents(self, before: datetime) -> list[AgentRow]:
+        """Live agents whose last sign of life is older than `before`."""
+        rows = await self.conn.execute(
+            select(t.agents).where(
+                t.agents.c.state.in_(["registered", "connected"]),
+                t.agents.c.last_seen_at < before,
+            )
+        )
+        return [agent_row(r) for r in rows]
+
+    async def mark_agent_lost(self, agent_id: str, before: datetime) -> bool:
+        """Compare-and-set: only an agent still silent since `before` is marked lost."""
+        result = await self.conn.execute(
+            update(t.agents)
+            .where(
+                t.agents.c.id == agent_id,
+                t.agents.c.state.in_(["registered", "connected"]),
+                t.agents.c.last_seen_at < before,
+            )
+            .values(state="lost", disconnected_at=utcnow(), current_job_id=None)
+        )
+        return bool(result.rowcount)
 
     async def record_heartbeat(self, agent_id: str, at: datetime) -> None:
         await self.conn.execute(

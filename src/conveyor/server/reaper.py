@@ -1,0 +1,64 @@
+"""The reaper: agents that stopped sending heartbeats are lost, and so are their jobs.
+
+An agent whose last sign of life (register, connect, heartbeat, ping) is older than the lost
+timeout is marked `lost`, its tokens are revoked (so a return finds its calls refused), a job it
+held but never accepted goes back to the queue, and a job it was running is finished with exit
+status -1 and signal reason `agent_lost`.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+import anyio
+
+from conveyor.protocol import SignalReason
+from conveyor.server import scheduler
+from conveyor.server.context import ServerContext
+from conveyor.storage.queries.base import utcnow
+
+log = logging.getLogger("conveyor.server")
+
+
+async def reap_once(ctx: ServerContext, lost_after: float) -> list[str]:
+    """Mark lost agents and settle their jobs; returns the ids of the agents marked lost."""
+    cutoff = utcnow() - timedelta(seconds=lost_after)
+    lost: list[str] = []
+    async with ctx.store.transaction() as tx:
+        silent = await tx.silent_agents(cutoff)
+    for agent in silent:
+        builds: set[str] = set()
+        async with ctx.store.transaction() as tx:
+            if not await tx.mark_agent_lost(agent.id, cutoff):
+                continue  # it spoke up in the meantime
+            await tx.revoke_agent_tokens(agent.id)
+            for job in await tx.jobs_of_agent(agent.id, ["assigned"]):
+                await tx.transition_job(job.id, ["assigned"], "scheduled", agent_id=None)
+                builds.add(job.build_id)
+            for job in await tx.jobs_of_agent(agent.id, ["accepted", "running", "canceling"]):
+                await tx.transition_job(
+                    job.id,
+                    ["accepted", "running", "canceling"],
+                    "finished",
+                    exit_status=-1,
+                    signal_reason=SignalReason.AGENT_LOST.value,
+                    finished_at=utcnow(),
+                )
+                await tx.revoke_job_tokens(job.id)
+                builds.add(job.build_id)
+            for build_id in builds:
+                await scheduler.advance_build(tx, build_id)
+        log.warning("agent %s (%s) is lost: no heartbeat for %ss", agent.name, agent.id, lost_after)
+        lost.append(agent.id)
+        for build_id in builds:
+            ctx.notifier.notify(f"build:{build_id}")
+    return lost
+
+
+async def reaper_loop(ctx: ServerContext, lost_after: float) -> None:
+    # Checking four times per timeout bounds how late a loss is noticed to a quarter of it.
+    interval = max(0.5, lost_after / 4)
+    while True:
+        await anyio.sleep(interval)
+        await reap_once(ctx, lost_after)

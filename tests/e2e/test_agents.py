@@ -1,0 +1,75 @@
+"""Agent lifecycle against a real server: lost agents, disconnect after a job."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import anyio
+import pytest
+
+from conveyor import protocol as p
+from conveyor.agent import AgentPool, WorkerOptions
+from conveyor.client import AgentClient, new_http_client
+from conveyor.errors import JobGoneError
+from tests.harness import Api, running_server
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_silent_agent_is_lost_and_its_job_finishes_agent_lost(
+    database_url: str, tmp_path: Path
+) -> None:
+    async with (
+        running_server(database_url, tmp_path / "srv", agent_lost_timeout=2) as server,
+        Api(server) as api,
+        new_http_client(server.url) as http,
+    ):
+        assert server.registration_token is not None
+        build = await api.create_build("steps:\n  - label: long\n    command: sleep 60\n")
+        registration = AgentClient(http, server.registration_token)
+        registered = await registration.register(p.RegisterRequest(name="silent"))
+        agent = registration.with_token(registered.access_token)
+        await agent.connect()
+        ping = await agent.ping()
+        assert ping.job is not None and ping.job.id == build.jobs[0].id
+        spec = await agent.accept(ping.job.id)
+        job = agent.job_client(spec)
+        await job.start()
+        # No heartbeats from here on: the reaper must notice within the lost timeout (+ one
+        # check interval) and settle the job.
+        build = await api.wait_build(build, timeout=20)
+        (settled,) = build.jobs
+        assert (settled.state, settled.exit_status, settled.signal_reason) == (
+            p.JobState.FINISHED,
+            -1,
+            "agent_lost",
+        )
+        assert build.state == p.BuildState.FAILED
+        agents = (await api.http.get("/api/v1/agents", params={"all": "true"})).json()
+        assert [(a["name"], a["state"]) for a in agents] == [("silent", "lost")]
+        # If it comes back, the job is no longer its to report on.
+        with pytest.raises(JobGoneError):
+            await job.state()
+
+
+async def test_disconnect_after_job(database_url: str, tmp_path: Path) -> None:
+    async with running_server(database_url, tmp_path / "srv") as server, Api(server) as api:
+        assert server.registration_token is not None
+        build = await api.create_build("steps:\n  - command: echo one\n  - command: echo two\n")
+        pool = AgentPool(
+            WorkerOptions(
+                endpoint=server.url,
+                registration_token=server.registration_token,
+                build_path=tmp_path / "builds",
+                disconnect_after_job=True,
+            ),
+            spawn=1,
+        )
+        with anyio.fail_after(30):
+            await pool.run()  # returns by itself once its one worker has run one job
+        assert pool.workers[0].jobs_run == 1
+        r = await api.http.get(f"/api/v1/pipelines/test/builds/{build.number}")
+        states = sorted(j["state"] for j in r.json()["jobs"])
+        assert states == ["finished", "scheduled"]
+        agents = (await api.http.get("/api/v1/agents")).json()
+        assert agents == []  # it disconnected

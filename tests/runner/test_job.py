@@ -231,7 +231,8 @@ async def test_cancel_leaves_no_descendant_running_even_in_its_own_session(
     tmp_path: Path,
 ) -> None:
     tee = RecordingTee()
-    run = job("setsid sleep 30 & echo ready $!; wait", tmp_path, cancel_grace=0.5)
+    # "ready" is printed from inside the new session, so it has been left when we cancel.
+    run = job("setsid sh -c 'echo ready $$; exec sleep 30' & wait", tmp_path, cancel_grace=0.5)
     runner = JobRunner(run, RecordingSink(), tee=tee)
     await cancel_when_ready(runner, tee, SignalReason.CANCEL)
     escaped = int(tee.line_after(b"ready"))

@@ -1,0 +1,267 @@
+"""Scheduler semantics seen through the APIs: wait, continue_on_failure, depends_on, build state.
+
+Every step names its own queue (`agents: {queue: <label>}`), so the test decides which job
+runs when by choosing which agent pings.
+"""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from conveyor import protocol as p
+from conveyor.client import AgentClient
+from conveyor.server.service import ServerHandle
+from tests.harness import Api
+from tests.server.drive import finish, new_agent, take_job
+
+pytestmark = pytest.mark.anyio
+
+
+def steps(*lines: str) -> str:
+    return "steps:\n" + "".join(f"  {line}\n" for line in lines)
+
+
+def cmd(label: str, *extra: str) -> str:
+    """A command step on its own queue, as YAML lines."""
+    body = [f"- label: {label}", f"  command: run {label}", f"  agents: {{queue: {label}}}"]
+    return "\n  ".join(body + [f"  {e}" for e in extra])
+
+
+class Driver:
+    def __init__(self, server: ServerHandle, http: httpx.AsyncClient, api: Api):
+        self.server, self.http, self.api = server, http, api
+        self.agents: dict[str, AgentClient] = {}
+        self.build: p.BuildOut | None = None
+
+    async def create(self, pipeline: str) -> p.BuildOut:
+        self.build = await self.api.create_build(pipeline)
+        return self.build
+
+    async def refresh(self) -> p.BuildOut:
+        assert self.build is not None
+        r = await self.api.http.get(f"/api/v1/pipelines/test/builds/{self.build.number}")
+        assert r.status_code == 200, r.text
+        self.build = p.BuildOut.model_validate(r.json())
+        return self.build
+
+    async def states(self) -> dict[str, str]:
+        build = await self.refresh()
+        return {j.label: j.state.value for j in build.jobs}
+
+    async def run(self, label: str, exit_status: int = 0) -> None:
+        """The agent of `label`'s queue takes that job and finishes it with `exit_status`."""
+        if label not in self.agents:
+            self.agents[label] = await new_agent(self.http, self.server, label, {"queue": label})
+        spec, job = await take_job(self.agents[label])
+        assert spec.label == label
+        await job.start()
+        await finish(job, exit_status)
+
+    async def offered(self, label: str) -> bool:
+        if label not in self.agents:
+            self.agents[label] = await new_agent(self.http, self.server, label, {"queue": label})
+        return (await self.agents[label].ping()).job is not None
+
+
+@pytest.fixture
+def driver(server: ServerHandle, http: httpx.AsyncClient, api: Api) -> Driver:
+    return Driver(server, http, api)
+
+
+async def test_steps_after_a_wait_stay_pending_until_the_earlier_ones_finish(
+    driver: Driver,
+) -> None:
+    build = await driver.create(steps(cmd("a"), cmd("b"), "- wait", cmd("c")))
+    assert build.state == p.BuildState.SCHEDULED
+    assert await driver.states() == {"a": "scheduled", "b": "scheduled", "c": "pending"}
+    assert not await driver.offered("c")
+
+    await driver.run("a")
+    assert await driver.states() == {"a": "finished", "b": "scheduled", "c": "pending"}
+    assert (await driver.refresh()).state == p.BuildState.RUNNING
+    await driver.run("b")
+    assert await driver.states() == {"a": "finished", "b": "finished", "c": "scheduled"}
+    await driver.run("c")
+    build = await driver.refresh()
+    assert build.state == p.BuildState.PASSED
+    assert all(j.passed for j in build.jobs)
+    assert build.finished_at is not None and build.started_at is not None
+
+
+async def test_a_failure_before_a_wait_skips_what_follows(driver: Driver) -> None:
+    await driver.create(steps(cmd("a"), cmd("b"), "- wait", cmd("c"), "- wait", cmd("d")))
+    await driver.run("a", exit_status=1)
+    # b still runs: the build is not settled until it does.
+    assert await driver.states() == {
+        "a": "finished",
+        "b": "scheduled",
+        "c": "pending",
+        "d": "pending",
+    }
+    assert (await driver.refresh()).state == p.BuildState.RUNNING
+    await driver.run("b")
+    assert await driver.states() == {
+        "a": "finished",
+        "b": "finished",
+        "c": "skipped",
+        "d": "skipped",
+    }
+    build = await driver.refresh()
+    assert build.state == p.BuildState.FAILED
+    assert build.finished_at is not None
+    assert not await driver.offered("c")
+
+
+async def test_continue_on_failure_lets_later_steps_run(driver: Driver) -> None:
+    await driver.create(
+        steps(cmd("a"), "- wait:", "    continue_on_failure: true", cmd("b"), "- wait", cmd("c"))
+    )
+    await driver.run("a", exit_status=2)
+    assert await driver.states() == {"a": "finished", "b": "scheduled", "c": "pending"}
+    await driver.run("b")
+    # The plain wait after b: b passed, but a's failure still stops c? No: c depends on b only.
+    states = await driver.states()
+    assert states["c"] == "scheduled"
+    await driver.run("c")
+    build = await driver.refresh()
+    # Every later step ran, but a failed: the build fails.
+    assert build.state == p.BuildState.FAILED
+    assert [j.passed for j in build.jobs] == [False, True, True]
+
+
+async def test_depends_on_orders_steps(driver: Driver) -> None:
+    await driver.create(
+        steps(
+            cmd("test", "depends_on: compile"),
+            cmd("compile", "key: compile"),
+            cmd("lint"),
+            cmd("deploy", "depends_on: [compile, lint]"),
+        )
+    )
+    assert await driver.states() == {
+        "test": "pending",
+        "compile": "scheduled",
+        "lint": "scheduled",
+        "deploy": "pending",
+    }
+    await driver.run("compile")
+    assert await driver.states() == {
+        "test": "scheduled",
+        "compile": "finished",
+        "lint": "scheduled",
+        "deploy": "pending",
+    }
+    await driver.run("test")
+    assert (await driver.states())["deploy"] == "pending"
+    await driver.run("lint")
+    assert (await driver.states())["deploy"] == "scheduled"
+    await driver.run("deploy")
+    assert (await driver.refresh()).state == p.BuildState.PASSED
+
+
+async def test_failed_dependency_skips_its_dependents_only(driver: Driver) -> None:
+    await driver.create(
+        steps(
+            cmd("compile", "key: compile"),
+            cmd("test", "depends_on: compile"),
+            cmd("docs"),
+        )
+    )
+    await driver.run("compile", exit_status=1)
+    assert await driver.states() == {
+        "compile": "finished",
+        "test": "skipped",
+        "docs": "scheduled",
+    }
+    assert (await driver.refresh()).state == p.BuildState.RUNNING
+    await driver.run("docs")
+    assert (await driver.refresh()).state == p.BuildState.FAILED
+
+
+async def test_build_passes_when_every_step_passes(driver: Driver) -> None:
+    build = await driver.create(steps(cmd("one"), cmd("two"), "- wait", cmd("three")))
+    assert build.started_at is None
+    for label in ["two", "one", "three"]:
+        await driver.run(label)
+    build = await driver.refresh()
+    assert build.state == p.BuildState.PASSED
+    assert [j.state for j in build.jobs] == [p.JobState.FINISHED] * 3
+
+
+async def test_a_build_of_only_waits_passes_at_once(driver: Driver) -> None:
+    build = await driver.create(steps("- wait", "- wait"))
+    assert build.jobs == []
+    assert build.state == p.BuildState.PASSED
+
+
+class TestRejectedPipelines:
+    """A rejected pipeline is a 422 naming file and line, and stores nothing."""
+
+    async def _rejected(self, api: Api, pipeline: str, filename: str = "ci/pipeline.yml") -> str:
+        before = (await api.http.get("/api/v1/builds")).json()
+        r = await api.http.post(
+            "/api/v1/pipelines/test/builds", json={"pipeline": pipeline, "filename": filename}
+        )
+        assert r.status_code == 422, r.text
+        after = (await api.http.get("/api/v1/builds")).json()
+        assert after == before
+        message: str = r.json()["message"]
+        return message
+
+    async def test_unknown_depends_on_key(self, api: Api) -> None:
+        message = await self._rejected(
+            api,
+            "steps:\n"
+            "  - command: one\n"
+            "    key: one\n"
+            "  - label: two\n"
+            "    command: two\n"
+            "    depends_on: [one, missing]\n",
+        )
+        assert message.startswith("ci/pipeline.yml:4")
+        assert "'missing'" in message
+        assert "'two'" in message
+
+    async def test_dependency_cycle(self, api: Api) -> None:
+        message = await self._rejected(
+            api,
+            "steps:\n"
+            "  - key: a\n"
+            "    command: a\n"
+            "    depends_on: b\n"
+            "  - key: b\n"
+            "    command: b\n"
+            "    depends_on: a\n",
+        )
+        assert "cycle" in message
+        assert message.startswith(("ci/pipeline.yml:2", "ci/pipeline.yml:5"))
+
+    async def test_cycle_through_a_wait(self, api: Api) -> None:
+        message = await self._rejected(
+            api,
+            "steps:\n  - key: a\n    command: a\n    depends_on: c\n  - wait\n  - key: c\n"
+            "    command: c\n",
+        )
+        assert "cycle" in message
+        assert "ci/pipeline.yml:" in message
+
+    @pytest.mark.parametrize(
+        ("pipeline", "where"),
+        [
+            ("steps:\n  - command: [unclosed\n", "ci/pipeline.yml:3"),
+            ("steps:\n  - command: a\n  -\tcommand: b\n", "ci/pipeline.yml:3"),
+            ("steps: 3\n", "ci/pipeline.yml:1"),
+            ("steps:\n  - command: a\n  - bogus: b\n", "ci/pipeline.yml:3"),
+            ("steps:\n  - command: a\n    key: x\n  - command: b\n    key: x\n", "ci/pipeline.yml:5"),
+            ("# nothing\n", "ci/pipeline.yml:1"),
+        ],
+    )
+    async def test_bad_yaml(self, api: Api, pipeline: str, where: str) -> None:
+        message = await self._rejected(api, pipeline)
+        assert message.startswith(where), message
+
+    async def test_default_filename(self, api: Api) -> None:
+        r = await api.http.post("/api/v1/pipelines/test/builds", json={"pipeline": "steps: 3"})
+        assert r.status_code == 422
+        assert r.json()["message"].startswith("pipeline.yml:1")

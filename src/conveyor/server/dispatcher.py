@@ -15,7 +15,10 @@ from conveyor.storage.queries.base import utcnow
 from conveyor.storage.rows import AgentRow, JobRow
 
 DEFAULT_QUEUE = "default"
-_CANDIDATES = 200
+# Candidates are looked at a few at a time: on PostgreSQL each batch is locked (skipping rows
+# other claimers hold), and small batches leave the rest to agents claiming at the same moment.
+_BATCH = 5
+_MAX_CANDIDATES = 500
 
 
 def matches(query: dict[str, str], tags: dict[str, str]) -> bool:
@@ -41,13 +44,19 @@ async def claim_job(tx: Tx, agent: AgentRow) -> JobRow | None:
     held = await tx.assigned_job(agent.id)
     if held is not None:
         return held
-    for job in await tx.dispatch_candidates(_CANDIDATES):
-        if not matches(job.agent_query, agent.tags):
-            continue
-        # Compare-and-set: of two agents racing for one job exactly one update matches.
-        if await tx.transition_job(
-            job.id, ["scheduled"], "assigned", agent_id=agent.id, assigned_at=utcnow()
-        ):
-            await tx.set_agent_job(agent.id, job.id)
-            return await tx.get_job(job.id)
+    seen: list[str] = []
+    while len(seen) < _MAX_CANDIDATES:
+        batch = await tx.dispatch_candidates(_BATCH, exclude=seen)
+        if not batch:
+            return None
+        for job in batch:
+            seen.append(job.id)
+            if not matches(job.agent_query, agent.tags):
+                continue
+            # Compare-and-set: of two agents racing for one job exactly one update matches.
+            if await tx.transition_job(
+                job.id, ["scheduled"], "assigned", agent_id=agent.id, assigned_at=utcnow()
+            ):
+                await tx.set_agent_job(agent.id, job.id)
+                return await tx.get_job(job.id)
     return None

@@ -80,14 +80,21 @@ class JobQueries(QueryBase):
             .values(state="skipped", finished_at=utcnow())
         )
 
-    async def dispatch_candidates(self, limit: int) -> list[JobRow]:
-        """Runnable jobs in dispatch order: priority first, then the longest waiting."""
+    async def dispatch_candidates(self, limit: int, *, exclude: Iterable[str] = ()) -> list[JobRow]:
+        """Runnable jobs in dispatch order: priority first, then the longest waiting.
+
+        On PostgreSQL the rows are locked, skipping rows another claimer holds, so concurrent
+        claimers look at different jobs instead of queueing behind each other.
+        """
         q = (
             select(t.jobs)
             .where(t.jobs.c.state == "scheduled")
             .order_by(t.jobs.c.priority.desc(), t.jobs.c.runnable_at, t.jobs.c.id)
             .limit(limit)
         )
+        excluded = list(exclude)
+        if excluded:
+            q = q.where(t.jobs.c.id.not_in(excluded))
         if self.backend == "postgresql":
             q = q.with_for_update(skip_locked=True)
         return [job_row(r) for r in await self.conn.execute(q)]

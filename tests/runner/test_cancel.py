@@ -146,11 +146,6 @@ async def test_cancel_while_on_output_is_blocked(tmp_path: Path) -> None:
     await wait_gone(int(seen.line_after(b"ready")))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="src bug: run_process stops reading output when cancelled, so whatever the job "
-    "prints in the grace period (trap handlers, pre-exit) never reaches on_output",
-)
 async def test_output_written_during_the_grace_is_kept(tmp_path: Path) -> None:
     output = Output()
     script = "trap 'echo cleaning up; exit 1' TERM; sleep 30 & echo ready; wait"

@@ -232,11 +232,6 @@ async def test_exit_flush_happens_when_the_enclosing_scope_is_cancelled() -> Non
     sink.assert_well_formed(max_chunk_size=100)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="src bug: LogStreamer._emit removes bytes from the buffer before sending them; a "
-    "write cancelled while waiting for queue space loses the rest of its chunks",
-)
 async def test_cancelling_a_blocked_write_loses_no_byte() -> None:
     sink = GatedSink()
     data = payload(30 * 100, seed=7)  # more than the uploaders and the queue can take
@@ -247,23 +242,20 @@ async def test_cancelling_a_blocked_write_loses_no_byte() -> None:
 
     async with anyio.create_task_group() as tg:
         with anyio.CancelScope() as scope:
-            async with LogStreamer(sink, max_chunk_size=100, interval=NEVER) as streamer:
-                async with anyio.create_task_group() as writers:
-                    writers.start_soon(streamer.write, data)
-                    await anyio.wait_all_tasks_blocked()  # the write waits for queue space
-                    tg.start_soon(open_when_all_blocked)
-                    scope.cancel()
+            async with (
+                LogStreamer(sink, max_chunk_size=100, interval=NEVER) as streamer,
+                anyio.create_task_group() as writers,
+            ):
+                writers.start_soon(streamer.write, data)
+                await anyio.wait_all_tasks_blocked()  # the write waits for queue space
+                tg.start_soon(open_when_all_blocked)
+                scope.cancel()
     # Every byte the streamer counted as written reaches the sink.
     assert sink.size == streamer.bytes_written
     assert sink.data == data[: streamer.bytes_written]
     sink.assert_well_formed(max_chunk_size=100)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="src bug: the exit cancels the ticker while its cut chunk waits for queue space; "
-    "that chunk is lost and its sequence number skipped",
-)
 async def test_exit_while_the_interval_flush_waits_for_queue_space_loses_no_byte() -> None:
     sink = GatedSink()
     full = (UPLOADERS + QUEUED_CHUNKS) * 10  # exactly what the uploaders and queue hold
@@ -273,13 +265,15 @@ async def test_exit_while_the_interval_flush_waits_for_queue_space_loses_no_byte
         await anyio.wait_all_tasks_blocked()
         sink.open()
 
-    async with anyio.create_task_group() as tg:
-        # interval=0: the ticker cuts the 5-byte remainder as soon as the write is done.
-        async with LogStreamer(sink, max_chunk_size=10, interval=0) as streamer:
-            await streamer.write(data)
-            await anyio.wait_all_tasks_blocked()  # the ticker waits for queue space
-            assert sink.in_flight == UPLOADERS
-            tg.start_soon(open_when_all_blocked)
+    # interval=0: the ticker cuts the 5-byte remainder as soon as the write is done.
+    async with (
+        anyio.create_task_group() as tg,
+        LogStreamer(sink, max_chunk_size=10, interval=0) as streamer,
+    ):
+        await streamer.write(data)
+        await anyio.wait_all_tasks_blocked()  # the ticker waits for queue space
+        assert sink.in_flight == UPLOADERS
+        tg.start_soon(open_when_all_blocked)
     assert sink.data == data
     sink.assert_well_formed(max_chunk_size=10)
 
@@ -301,11 +295,6 @@ async def test_exit_gives_up_at_the_flush_timeout() -> None:
     assert sink.in_flight == 0  # the stuck uploads were cancelled, not left behind
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="src bug: chunks abandoned at the flush deadline (in flight or queued) are not "
-    "counted in chunks_failed_count, so `finish` under-reports the loss",
-)
 async def test_chunks_abandoned_at_the_flush_timeout_are_counted_as_failed() -> None:
     sink = GatedSink()  # never opened
     with anyio.fail_after(10):

@@ -25,9 +25,8 @@ async def run(
     *,
     use_pty: bool = True,
     env: dict[str, str] | None = None,
-    output: Output | None = None,
 ) -> tuple[ProcessExit, bytes]:
-    output = output if output is not None else Output()
+    output = Output()
     with anyio.fail_after(30):
         result = await run_process(
             argv,
@@ -101,9 +100,7 @@ async def test_pipe_mode_gives_no_terminal_and_an_empty_stdin(tmp_path: Path) ->
 
 
 @pytest.mark.parametrize("use_pty", MODES)
-async def test_child_leads_its_own_session_and_process_group(
-    tmp_path: Path, use_pty: bool
-) -> None:
+async def test_child_leads_its_own_session_and_process_group(tmp_path: Path, use_pty: bool) -> None:
     # cat is the process run_process starts; /proc/self/stat: pid (comm) state ppid pgrp sid
     _, data = await run(["cat", "/proc/self/stat"], tmp_path, use_pty=use_pty)
     pid = int(data.split(b" ", 1)[0])
@@ -118,7 +115,7 @@ async def test_env_is_exactly_the_one_given(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("CONVEYOR_TEST_PARENT_ONLY", "leaked")
-    env = base_env(GREETING="hello world", EMPTY="", QUOTE="it's \"quoted\"")
+    env = base_env(GREETING="hello world", EMPTY="", QUOTE='it\'s "quoted"')
     _, data = await run(["env"], tmp_path, env=env, use_pty=False)
     assert sorted(data.decode().splitlines()) == sorted(f"{k}={v}" for k, v in env.items())
 
@@ -137,9 +134,7 @@ async def test_cwd_is_the_one_given(tmp_path: Path) -> None:
 async def test_missing_executable_raises_oserror(tmp_path: Path) -> None:
     output = Output()
     with pytest.raises(FileNotFoundError):
-        await run_process(
-            ["/nonexistent/program"], env=base_env(), cwd=tmp_path, on_output=output
-        )
+        await run_process(["/nonexistent/program"], env=base_env(), cwd=tmp_path, on_output=output)
     assert output.data == b""
 
 
@@ -202,7 +197,7 @@ async def test_slow_consumer_loses_nothing(tmp_path: Path, use_pty: bool) -> Non
         expected = expected.replace(b"\n", b"\r\n")
     with anyio.fail_after(30):
         result = await run_process(
-            bash("for i in $(seq 0 19999); do echo \"line $i\"; done"),
+            bash('for i in $(seq 0 19999); do echo "line $i"; done'),
             env=base_env(),
             cwd=tmp_path,
             on_output=slow,
@@ -226,11 +221,6 @@ print("done", flush=True)
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="src bug: _pump's open-ended wait_readable does not end when the command exits, "
-    "so a silent leftover holding the terminal keeps run_process waiting until it exits",
-)
 @pytest.mark.parametrize("use_pty", MODES)
 async def test_background_child_holding_the_terminal_does_not_hold_the_run(
     tmp_path: Path, use_pty: bool

@@ -83,28 +83,30 @@ class JobRunner:
                         self._tee = None
                 await streamer.write(data)
 
-            with self._scope:
-                try:
-                    await anyio.Path(spec.cwd).mkdir(parents=True, exist_ok=True)
-                    argv = [*shlex.split(spec.shell), spec.command]
-                    exit_ = await run_process(
-                        argv,
-                        env=spec.env,
-                        cwd=spec.cwd,
-                        on_output=output,
-                        use_pty=spec.use_pty,
-                        cancel_signal=spec.cancel_signal,
-                        cancel_grace=spec.cancel_grace,
-                    )
-                    status, sig = exit_.status, exit_.signal
-                except OSError as exc:
-                    # The command could not even start (no shell, bad directory, ...): say so
-                    # in the log, where the user will look first.
-                    await output(f"conveyor: could not start the job: {exc}\r\n".encode())
-                    reason = SignalReason.PROCESS_RUN_ERROR
-            if self._tee is not None:
-                with contextlib.suppress(Exception):
-                    self._tee.close()
+            try:
+                with self._scope:
+                    try:
+                        await anyio.Path(spec.cwd).mkdir(parents=True, exist_ok=True)
+                        argv = [*shlex.split(spec.shell), spec.command]
+                        exit_ = await run_process(
+                            argv,
+                            env=spec.env,
+                            cwd=spec.cwd,
+                            on_output=output,
+                            use_pty=spec.use_pty,
+                            cancel_signal=spec.cancel_signal,
+                            cancel_grace=spec.cancel_grace,
+                        )
+                        status, sig = exit_.status, exit_.signal
+                    except OSError as exc:
+                        # The command could not even start (no shell, bad directory, ...): say so
+                        # in the log, where the user will look first.
+                        await output(f"conveyor: could not start the job: {exc}\r\n".encode())
+                        reason = SignalReason.PROCESS_RUN_ERROR
+            finally:
+                if self._tee is not None:
+                    with contextlib.suppress(Exception):
+                        self._tee.close()
             if self._scope.cancelled_caught:
                 status, sig = -1, signal.Signals(spec.cancel_signal).name
                 reason = self._cancel_reason or SignalReason.CANCEL

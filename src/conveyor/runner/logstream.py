@@ -64,7 +64,12 @@ class LogStreamer:
         self._sequence = 0
         self.bytes_written = 0
         self.chunks_failed_count = 0
-        send, receive = anyio.create_memory_object_stream[Chunk](queued_chunks)
+        # The queue itself is unbounded; the slots bound it (queued + being uploaded), and
+        # waiting for a slot is the only wait in _emit, so a cancelled wait loses nothing.
+        send, receive = anyio.create_memory_object_stream[Chunk](math.inf)
+        self._slots = anyio.Semaphore(queued_chunks + uploaders)
+        self._offset = 0
+        self._settled = 0
         self._send: MemoryObjectSendStream[Chunk] = send
         self._receive: MemoryObjectReceiveStream[Chunk] = receive
         self._ticker_scope = anyio.CancelScope()
@@ -112,14 +117,20 @@ class LogStreamer:
                 self._ticker_scope.cancel()
                 with anyio.CancelScope(shield=True):
                     with anyio.move_on_after(self._flush_timeout) as deadline:
-                        async with self._lock:
-                            await self._emit(len(self._buffer))
-                        await self._send.aclose()
+                        try:
+                            async with self._lock:
+                                await self._emit(len(self._buffer))
+                        finally:
+                            self._send.close()
                         await done.wait()
                     if deadline.cancelled_caught:
                         log.error("log upload did not finish within %ss", self._flush_timeout)
                         for scope in upload_scopes:
                             scope.cancel()
+                        await done.wait()
+                        lost = self._sequence - self._settled
+                        lost += math.ceil(len(self._buffer) / self._max)
+                        self.chunks_failed_count += lost
 
     async def write(self, data: bytes) -> None:
         async with self._lock:
@@ -130,16 +141,15 @@ class LogStreamer:
 
     async def _emit(self, n: int) -> None:
         """Cut the first `n` buffered bytes into chunks of at most the max size, in order."""
-        if n <= 0:
-            return
-        view = bytes(self._buffer[:n])
-        del self._buffer[:n]
-        offset = self.bytes_written - len(self._buffer) - n
-        for i in range(math.ceil(n / self._max)):
-            piece = view[i * self._max : (i + 1) * self._max]
+        while n > 0:
+            size = min(n, self._max)
+            await self._slots.acquire()
+            piece = bytes(self._buffer[:size])
+            del self._buffer[:size]
+            n -= size
             self._sequence += 1
-            await self._send.send(Chunk(self._sequence, offset, piece))
-            offset += len(piece)
+            self._send.send_nowait(Chunk(self._sequence, self._offset, piece))
+            self._offset += size
 
     async def _tick(self) -> None:
         with self._ticker_scope:
@@ -153,10 +163,14 @@ class LogStreamer:
             async for chunk in chunks:
                 try:
                     await self._sink.upload_chunk(chunk.sequence, chunk.offset, chunk.data)
+                    self._settled += 1
                 except Exception as exc:
+                    self._settled += 1
                     # The sink already retried; the job goes on and `finish` reports the loss.
                     self.chunks_failed_count += 1
                     log.error(
                         "log chunk %d (%d bytes at offset %d) was not stored: %s",
                         chunk.sequence, len(chunk.data), chunk.offset, exc,
                     )  # fmt: skip
+                finally:
+                    self._slots.release()

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
+import anyio.to_thread
 
 READ_SIZE = 64 * 1024
 DRAIN_IDLE_S = 0.2
@@ -63,28 +64,49 @@ def _kill_group(pgid: int, signum: int) -> None:
         os.killpg(pgid, signum)
 
 
-async def _pump(
-    fd: int, exited: anyio.Event, on_output: Callable[[bytes], Awaitable[None]]
-) -> None:
-    while True:
-        if exited.is_set():
-            with anyio.move_on_after(DRAIN_IDLE_S) as idle:
-                await anyio.wait_readable(fd)
-            if idle.cancelled_caught:
+class _Pump:
+    """Copies the terminal's output to `on_output` until every writer has closed it.
+
+    Once the command has exited, a writer that stays (a leftover background process) holds the
+    terminal open forever: from then on reading ends after `DRAIN_IDLE_S` of quiet.
+    """
+
+    def __init__(self, fd: int, on_output: Callable[[bytes], Awaitable[None]]):
+        self._fd = fd
+        self._on_output = on_output
+        self._exited = False
+        self._waiting: anyio.CancelScope | None = None
+
+    def command_exited(self) -> None:
+        self._exited = True
+        if self._waiting is not None:
+            self._waiting.cancel()  # re-wait, now with the quiet deadline
+
+    async def run(self) -> None:
+        while True:
+            if self._exited:
+                with anyio.move_on_after(DRAIN_IDLE_S) as idle:
+                    await anyio.wait_readable(self._fd)
+                if idle.cancelled_caught:
+                    return
+            else:
+                with anyio.CancelScope() as self._waiting:
+                    await anyio.wait_readable(self._fd)
+                self._waiting = None
+            try:
+                data = os.read(self._fd, READ_SIZE)
+            except BlockingIOError:
+                continue
+            except OSError as exc:
+                if exc.errno == errno.EIO:  # the PTY's last writer closed it: normal end
+                    return
+                raise
+            if not data:
                 return
-        else:
-            await anyio.wait_readable(fd)
-        try:
-            data = os.read(fd, READ_SIZE)
-        except BlockingIOError:
-            continue
-        except OSError as exc:
-            if exc.errno == errno.EIO:  # the PTY's last writer closed it: normal end
-                return
-            raise
-        if not data:
-            return
-        await on_output(data)
+            await self._on_output(data)
+
+
+DRAIN_AFTER_STOP_S = 2.0
 
 
 async def run_process(
@@ -116,16 +138,27 @@ async def run_process(
                 os.close(stdin)
             # Only the child may hold the write end, or the end of output is never seen.
             os.close(write_fd)
-        exited = anyio.Event()
+        reader = _Pump(read_fd, on_output)
+        # Shielded: output written while the command is being stopped (trap handlers, cleanup)
+        # still reaches the log; after a stop the reader gets a deadline of its own.
+        pump_scope = anyio.CancelScope(shield=True)
+
+        async def pump() -> None:
+            with pump_scope:
+                await reader.run()
+
         try:
             async with anyio.create_task_group() as tg:
-                tg.start_soon(_pump, read_fd, exited, on_output)
-                returncode = await process.wait()
-                exited.set()
-        except BaseException:
-            with anyio.CancelScope(shield=True):
-                await _stop(process, cancel_signal, cancel_grace)
-            raise
+                tg.start_soon(pump)
+                try:
+                    returncode = await process.wait()
+                except BaseException:
+                    with anyio.CancelScope(shield=True):
+                        await _stop(process, cancel_signal, cancel_grace)
+                    pump_scope.deadline = anyio.current_time() + DRAIN_AFTER_STOP_S
+                    raise
+                finally:
+                    reader.command_exited()
         finally:
             with anyio.CancelScope(shield=True):
                 await process.aclose()
@@ -136,12 +169,44 @@ async def run_process(
     return ProcessExit(status=returncode)
 
 
+def _descendants(roots: set[int]) -> set[int]:
+    """Every live process below `roots` (by parent pid), whatever its session or group.
+
+    Runs in a worker thread: it reads /proc. A process that escaped into a session of its own
+    (setsid, a daemon) is still found while its parent lives; one already re-parented to init
+    is not — a child subreaper will close that gap.
+    """
+    children: dict[int, list[int]] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry.name}/stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry.name))
+    found: set[int] = set()
+    todo = list(roots)
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
 async def _stop(process: anyio.abc.Process, cancel_signal: int, grace: float) -> None:
     """The cancel signal to the whole group; SIGKILL to the group once the grace is over."""
+    tree = await anyio.to_thread.run_sync(_descendants, {process.pid})
     if process.returncode is None:
         _kill_group(process.pid, cancel_signal)
         with anyio.move_on_after(grace):
             await process.wait()
     # Whatever of the group is still there (the command's children too) does not get to stay.
     _kill_group(process.pid, signal.SIGKILL)
+    tree |= await anyio.to_thread.run_sync(_descendants, tree | {process.pid})
+    for pid in tree:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
     await process.wait()

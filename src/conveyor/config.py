@@ -20,6 +20,7 @@ clamped to 2): the `warnings` module is not used because a warning here is for t
 from __future__ import annotations
 
 import re
+import shlex
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -73,7 +74,7 @@ class AgentSettings(BaseModel):
     priority: int = 0
     spawn: int = Field(default=1, ge=1)
     build_path: ExpandedPath = Path("~/.conveyor/builds")
-    shell: str = Field(default="/bin/bash -e -c", min_length=1)
+    shell: Shell = "/bin/bash -e -c"
     ping_interval: int = 0
     cancel_grace_period: int = Field(default=10, ge=0)
     no_pty: bool = False
@@ -99,6 +100,28 @@ class AgentSettings(BaseModel):
         return value
 
 
+def parse_listen(value: str) -> tuple[str, int]:
+    """`HOST:PORT` (IPv6 hosts in brackets) → (host, port); ValueError when it is not one."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"must be host:port with a port from 0 to 65535 (got {value!r})")
+    return host.strip("[]"), int(port)
+
+
+def _shell_words(value: str) -> str:
+    try:
+        words = shlex.split(value)
+    except ValueError as exc:
+        raise ValueError(f"cannot be split into words: {exc} (got {value!r})") from None
+    if not words:
+        raise ValueError("must name a program")
+    return value
+
+
+# The shell is split like a command line: a quote left open is an error here, not at a job.
+Shell = Annotated[str, AfterValidator(_shell_words)]
+
+
 class ServerSettings(BaseModel):
     model_config = _MODEL_CONFIG
 
@@ -113,9 +136,7 @@ class ServerSettings(BaseModel):
     @field_validator("listen")
     @classmethod
     def _listen(cls, value: str) -> str:
-        host, sep, port = value.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-            raise ValueError(f"must be host:port with a port from 0 to 65535 (got {value!r})")
+        parse_listen(value)
         return value
 
     @field_validator("database_url")
@@ -149,7 +170,7 @@ class RunSettings(BaseModel):
 
     agents: int = Field(default=2, ge=1)
     data_dir: ExpandedPath | None = None
-    shell: str = Field(default="/bin/bash -e -c", min_length=1)
+    shell: Shell = "/bin/bash -e -c"
     no_pty: bool = False
 
 

@@ -1,8 +1,8 @@
 """The environment a job's process gets on this agent.
 
-The agent's own environment, less every variable that configures the agent (so the
-registration token never reaches a job), plus the server's job env, plus what only the agent
-knows: its name, the checkout path, the endpoint and the job's own token.
+The agent's own environment, less every variable that configures Conveyor (so neither the
+registration token nor an operator's API token reaches a job), plus the server's job env,
+plus what only the agent knows: its name, the checkout path, the endpoint and the job's token.
 """
 
 from __future__ import annotations
@@ -11,10 +11,25 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from conveyor.config import AgentSettings, env_var_names
+from conveyor.config import (
+    AgentSettings,
+    ClientSettings,
+    RunSettings,
+    ServerSettings,
+    env_var_names,
+)
 
 AGENT_ENV_PREFIXES = ("CONVEYOR_", "CONVEYOR_AGENT_")
-_SCRUBBED = frozenset(env_var_names(AgentSettings, AGENT_ENV_PREFIXES))
+# Every variable that configures a Conveyor command — the agent's registration token, an
+# operator's API token, a config file path — stays out of jobs.
+_SCRUBBED = frozenset(
+    {"CONVEYOR_CONFIG", "CONVEYOR_DEBUG"}.union(
+        *(
+            env_var_names(model, AGENT_ENV_PREFIXES)
+            for model in (AgentSettings, ServerSettings, ClientSettings, RunSettings)
+        )
+    )
+)
 
 
 def job_process_env(

@@ -14,7 +14,6 @@ from conveyor.config import AgentSettings, ClientSettings
 
 log = logging.getLogger("conveyor.agent")
 
-AGENT_ENV_PREFIXES = ("CONVEYOR_", "CONVEYOR_AGENT_")
 
 
 @click.group()
@@ -59,6 +58,8 @@ def start(config_file: Path | None, **flags: object) -> None:
     SIGTERM or SIGINT once: take no more jobs, finish the running ones, disconnect, exit 0.
     Twice: cancel the running jobs (they finish as cancelled), then exit.
     """
+    from conveyor.agent.jobenv import AGENT_ENV_PREFIXES
+
     cfg = settings(AgentSettings, given(**flags), config_file, AGENT_ENV_PREFIXES)
     if not cfg.token:
         from conveyor.errors import ConfigError

@@ -90,8 +90,8 @@ async def heartbeat(
 async def ping(request: Request, token: AgentToken) -> p.PingResponse:
     agent_id = _agent_id(token)
     async with context(request).store.transaction() as tx:
-        await tx.touch_agent(agent_id)
         agent = await tx.get_agent(agent_id)
+        await tx.touch_agent(agent_id)
         job = await claim_job(tx, agent)
     if job is None:
         return p.PingResponse()

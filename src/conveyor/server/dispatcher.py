@@ -41,6 +41,9 @@ async def claim_job(tx: Tx, agent: AgentRow) -> JobRow | None:
     An agent that already holds an assigned job gets the same job again, so a ping whose
     answer was lost does not strand the job.
     """
+    # The agent's row is locked first: two claims for one agent at once take turns, so the
+    # second sees the job the first assigned instead of taking another.
+    await tx.get_agent(agent.id, lock=True)
     held = await tx.assigned_job(agent.id)
     if held is not None:
         return held

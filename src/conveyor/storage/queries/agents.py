@@ -62,8 +62,13 @@ class AgentQueries(QueryBase):
         )
         return agent_id
 
-    async def get_agent(self, agent_id: str) -> AgentRow:
-        r = (await self.conn.execute(select(t.agents).where(t.agents.c.id == agent_id))).first()
+    async def get_agent(self, agent_id: str, *, lock: bool = False) -> AgentRow:
+        """`lock` holds the agent's row until the transaction ends (PostgreSQL), so one agent's
+        concurrent requests that change what it holds take turns."""
+        q = select(t.agents).where(t.agents.c.id == agent_id)
+        if lock and self.backend == "postgresql":
+            q = q.with_for_update()
+        r = (await self.conn.execute(q)).first()
         if r is None:
             raise NotFoundError(f"no agent {agent_id}")
         return agent_row(r)

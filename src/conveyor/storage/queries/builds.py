@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from conveyor.errors import NotFoundError
 from conveyor.storage import tables as t
@@ -46,8 +48,12 @@ class BuildQueries(QueryBase):
         r = (await self.conn.execute(select(t.pipelines).where(t.pipelines.c.slug == slug))).first()
         if r is not None:
             return _pipeline_row(r)
+        # Two first builds of one pipeline may race: the loser's insert does nothing, and both
+        # read the one row that won.
+        insert = pg_insert if self.backend == "postgresql" else sqlite_insert
         await self.conn.execute(
-            t.pipelines.insert().values(
+            insert(t.pipelines)
+            .values(
                 id=new_id(),
                 slug=slug,
                 name=slug,
@@ -56,6 +62,7 @@ class BuildQueries(QueryBase):
                 next_build_number=1,
                 created_at=utcnow(),
             )
+            .on_conflict_do_nothing(index_elements=["slug"])
         )
         r = (await self.conn.execute(select(t.pipelines).where(t.pipelines.c.slug == slug))).one()
         return _pipeline_row(r)

@@ -7,12 +7,18 @@ import secrets
 
 from sqlalchemy import select, update
 
+from conveyor import protocol as p
 from conveyor.errors import AuthError
 from conveyor.storage import tables as t
 from conveyor.storage.queries.base import QueryBase, new_id, utcnow
 from conveyor.storage.rows import TokenRow
 
-PREFIXES = {"registration": "cvr_", "agent": "cva_", "job": "cvj_", "api": "cvt_"}
+PREFIXES = {
+    "registration": p.REGISTRATION_TOKEN_PREFIX,
+    "agent": p.AGENT_TOKEN_PREFIX,
+    "job": p.JOB_TOKEN_PREFIX,
+    "api": p.API_TOKEN_PREFIX,
+}
 
 
 def hash_token(token: str) -> str:

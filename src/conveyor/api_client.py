@@ -82,6 +82,14 @@ class ApiClient:
                 build = changed
                 yield build
 
+    async def cancel_build(self, pipeline: str, number: int) -> p.BuildOut:
+        try:
+            response = await self._http.post(f"/pipelines/{pipeline}/builds/{number}/cancel")
+        except httpx.TransportError as exc:
+            raise ConveyorError(f"cannot reach the server at {self._http.base_url}: {exc}") from exc
+        _raise_for(response)
+        return p.BuildOut.model_validate_json(response.content)
+
     async def job_log(self, job_id: str) -> AsyncIterator[bytes]:
         try:
             async with self._http.stream("GET", f"/jobs/{job_id}/log") as response:

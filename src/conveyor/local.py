@@ -1,19 +1,27 @@
 """`conveyor run`: an embedded server and local agents in one task group, for one build.
 
 The server (SQLite in a temporary or given data dir, on a loopback port) and the agents are the
-same code that runs apart in production; jobs run in the working tree itself.
+same code that runs apart in production; jobs run in the working tree itself, and every local
+agent may run every step, whatever its `agents:` rules say.
 """
 
 from __future__ import annotations
 
+import functools
+import shutil
 import signal
 import sys
 import tempfile
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
 import anyio
+import anyio.to_thread
+from anyio.abc import TaskStatus
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from conveyor import protocol as p
 from conveyor.agent import AgentPool, WorkerOptions
@@ -28,6 +36,8 @@ DEFAULT_FILES = (Path(".conveyor/pipeline.yml"), Path("pipeline.yml"))
 LOCAL_PIPELINE = "local"
 # The embedded server asks its agents to ping every second: there is no stream yet to push work.
 LOCAL_PING_INTERVAL = 1
+# Lines waiting for the terminal; past this, jobs wait for it as they would for a slow terminal.
+_CONSOLE_BUFFER = 1000
 
 
 def find_pipeline(given: Path | None) -> Path:
@@ -43,29 +53,85 @@ def find_pipeline(given: Path | None) -> Path:
     )
 
 
-class LabelledOutput:
-    """Prints a job's output line by line, each line prefixed with the job's label."""
+class Console:
+    """Everything `conveyor run` prints goes through here: written in a worker thread, so a
+    terminal that is slow to read (a paused pager) never blocks the server or the agents."""
 
-    def __init__(self, label: str, out: TextIO):
+    def __init__(self, out: TextIO):
+        self.out = out
+        send, receive = anyio.create_memory_object_stream[str](_CONSOLE_BUFFER)
+        self._send: MemoryObjectSendStream[str] = send
+        self._receive: MemoryObjectReceiveStream[str] = receive
+
+    async def print(self, text: str) -> None:
+        await self._send.send(text)
+
+    def print_nowait(self, text: str) -> None:
+        """For the last words of a job, which cannot wait: dropped if the console is full."""
+        with suppress(anyio.WouldBlock, anyio.ClosedResourceError):
+            self._send.send_nowait(text)
+
+    async def run(self) -> None:
+        """Writes until `close`; a closed pipe ends the output, not the build."""
+        broken = False
+        async with self._receive:
+            async for text in self._receive:
+                batch = [text]
+                while True:
+                    try:
+                        batch.append(self._receive.receive_nowait())
+                    except (anyio.WouldBlock, anyio.EndOfStream):
+                        break
+                if not broken:
+                    try:
+                        await anyio.to_thread.run_sync(self._write, "".join(batch))
+                    except (BrokenPipeError, ValueError):
+                        broken = True
+
+    def _write(self, text: str) -> None:
+        self.out.write(text)
+        self.out.flush()
+
+    def close(self) -> None:
+        self._send.close()
+
+
+class LabelledOutput:
+    """A job's output, line by line, each line prefixed with the job's label."""
+
+    def __init__(self, label: str, console: Console):
         self._prefix = f"{label} │ "
-        self._out = out
+        self._console = console
         self._partial = b""
 
-    def write(self, data: bytes) -> None:
+    async def write(self, data: bytes) -> None:
         lines = (self._partial + data).split(b"\n")
         self._partial = lines.pop()
-        for line in lines:
-            self._print(line)
+        if lines:
+            await self._console.print("".join(self._line(line) for line in lines))
 
     def close(self) -> None:
         if self._partial:
-            self._print(self._partial)
+            # The job has ended; its last line is the one thing left to show.
+            self._console.print_nowait(self._line(self._partial))
             self._partial = b""
 
-    def _print(self, line: bytes) -> None:
-        text = line.rstrip(b"\r").decode("utf-8", "replace")
-        self._out.write(self._prefix + text + "\n")
-        self._out.flush()
+    def _line(self, line: bytes) -> str:
+        return self._prefix + line.rstrip(b"\r").decode("utf-8", "replace") + "\n"
+
+
+class _ConsoleWriter:
+    """A file-like view of the console for the build reporter (lines are queued, not written)."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.lines.append(text)
+        return len(text)
+
+    def flush(self) -> None:
+        return None
 
 
 @dataclass
@@ -80,6 +146,23 @@ class LocalResult:
         return 0 if self.build is not None and self.build.state == p.BuildState.PASSED else 1
 
 
+@asynccontextmanager
+async def _data_dir(given: Path | None) -> AsyncIterator[Path]:
+    if given is not None:
+        yield given
+        return
+    path = Path(
+        await anyio.to_thread.run_sync(functools.partial(tempfile.mkdtemp, prefix="conveyor-run-"))
+    )
+    try:
+        yield path
+    finally:
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(
+                functools.partial(shutil.rmtree, path, ignore_errors=True)
+            )
+
+
 async def run_local(
     pipeline_file: Path,
     settings: RunSettings,
@@ -88,77 +171,110 @@ async def run_local(
     out: TextIO | None = None,
     env: dict[str, str] | None = None,
 ) -> LocalResult:
-    out = out or sys.stdout
     text = await anyio.Path(pipeline_file).read_text()
     # Reject a bad pipeline before anything starts.
-    parse_pipeline(text, filename=str(pipeline_file))
-    with tempfile.TemporaryDirectory(prefix="conveyor-run-") as tmp:
-        data_dir = settings.data_dir or Path(tmp)
-        server_settings = ServerSettings(
-            listen="127.0.0.1:0", data_dir=data_dir, log_level="warning"
-        )
-        result = LocalResult(build=None, interrupted=False)
-        async with anyio.create_task_group() as tg:
-            handle: ServerHandle = await tg.start(_server, server_settings)
-            assert handle.registration_token and handle.api_token
-            pool = AgentPool(
-                WorkerOptions(
-                    endpoint=handle.url,
-                    registration_token=handle.registration_token,
-                    name="local-%spawn",
-                    shell=settings.shell,
-                    use_pty=not settings.no_pty,
-                    workdir=workdir,
-                ),
-                spawn=settings.agents,
-                tee=lambda spec: LabelledOutput(spec.label, out),
-            )
-            follow = anyio.CancelScope()
-
-            async def agents(*, task_status: anyio.abc.TaskStatus[None]) -> None:
-                await pool.run(task_status=task_status)
-                # The pool ends only when stopped by an interrupt: nothing more will change.
-                follow.cancel()
-
-            await tg.start(agents)
-            tg.start_soon(_on_interrupt, pool, result)
-            async with ApiClient.connect(handle.url, handle.api_token) as api:
-                created = await api.create_build(
-                    LOCAL_PIPELINE,
-                    p.CreateBuildRequest(
-                        pipeline=text,
-                        filename=str(pipeline_file),
-                        message="conveyor run",
-                        env=env or {},
-                    ),
+    await anyio.to_thread.run_sync(
+        functools.partial(parse_pipeline, text, filename=str(pipeline_file))
+    )
+    console = Console(out or sys.stdout)
+    result = LocalResult(build=None, interrupted=False)
+    async with _data_dir(settings.data_dir) as data_dir, anyio.create_task_group() as outer:
+        outer.start_soon(console.run)
+        try:
+            async with anyio.create_task_group() as tg:
+                server_settings = ServerSettings(
+                    listen="127.0.0.1:0", data_dir=data_dir, log_level="warning"
                 )
-                for warning in created.warnings:
-                    print(f"warning: {warning}", file=sys.stderr)
-                reporter = BuildReporter(out)
-                with follow:
-                    async for build in api.follow_build(LOCAL_PIPELINE, created.number):
-                        reporter.update(build)
-                result.build = await api.get_build(LOCAL_PIPELINE, created.number)
-                reporter.update(result.build)
-                reporter.summary(result.build)
-            pool.stop()
-            tg.cancel_scope.cancel()
+                handle: ServerHandle = await tg.start(_server, server_settings)
+                await _run_build(handle, tg, text, pipeline_file, settings, workdir, env,
+                                 console, result)  # fmt: skip
+                tg.cancel_scope.cancel()
+        finally:
+            console.close()
     return result
 
 
-async def _server(
-    settings: ServerSettings, *, task_status: anyio.abc.TaskStatus[ServerHandle]
+async def _run_build(
+    handle: ServerHandle,
+    tg: anyio.abc.TaskGroup,
+    text: str,
+    pipeline_file: Path,
+    settings: RunSettings,
+    workdir: Path,
+    env: dict[str, str] | None,
+    console: Console,
+    result: LocalResult,
 ) -> None:
-    await run_server(settings, ping_interval=LOCAL_PING_INTERVAL, task_status=task_status)
+    assert handle.registration_token and handle.api_token
+    pool = AgentPool(
+        WorkerOptions(
+            endpoint=handle.url,
+            registration_token=handle.registration_token,
+            name="local-%spawn",
+            shell=settings.shell,
+            use_pty=not settings.no_pty,
+            workdir=workdir,
+        ),
+        spawn=settings.agents,
+        tee=lambda spec: LabelledOutput(spec.label, console),
+    )
+    follow = anyio.CancelScope()
+
+    async def agents(*, task_status: TaskStatus[None]) -> None:
+        await pool.run(task_status=task_status)
+        # The pool ends only when stopped: nothing more will change.
+        follow.cancel()
+
+    await tg.start(agents)
+    async with ApiClient.connect(handle.url, handle.api_token) as api:
+        created = await api.create_build(
+            LOCAL_PIPELINE,
+            p.CreateBuildRequest(
+                pipeline=text, filename=str(pipeline_file), message="conveyor run", env=env or {}
+            ),
+        )
+        for warning in created.warnings:
+            print(f"warning: {warning}", file=sys.stderr)
+        tg.start_soon(_on_interrupt, pool, api, created, result)
+        writer = _ConsoleWriter()
+        reporter = BuildReporter(writer)
+        with follow:
+            async for build in api.follow_build(LOCAL_PIPELINE, created.number):
+                reporter.update(build)
+                await _flush(writer, console)
+        result.build = await api.get_build(LOCAL_PIPELINE, created.number)
+        reporter.update(result.build)
+        reporter.summary(result.build)
+        await _flush(writer, console)
+    pool.stop()
 
 
-async def _on_interrupt(pool: AgentPool, result: LocalResult) -> None:
-    """Ctrl-C: stop taking jobs and cancel the running ones (their processes are stopped)."""
+async def _flush(writer: _ConsoleWriter, console: Console) -> None:
+    if writer.lines:
+        text, writer.lines = "".join(writer.lines), []
+        await console.print(text)
+
+
+async def _server(settings: ServerSettings, *, task_status: TaskStatus[ServerHandle]) -> None:
+    await run_server(
+        settings,
+        ping_interval=LOCAL_PING_INTERVAL,
+        match_any_agent=True,
+        task_status=task_status,
+    )
+
+
+async def _on_interrupt(
+    pool: AgentPool, api: ApiClient, build: p.BuildOut, result: LocalResult
+) -> None:
+    """Ctrl-C: cancel the build (nothing more is scheduled), stop the running jobs (their
+    processes are stopped: signal, grace, SIGKILL), and take no more jobs."""
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async for _ in signals:
             if result.interrupted:
                 raise KeyboardInterrupt
             result.interrupted = True
-            print("\ninterrupted: cancelling running jobs", file=sys.stderr, flush=True)
+            print("\ninterrupted: cancelling the build", file=sys.stderr, flush=True)
             pool.stop()
             pool.cancel_jobs(p.SignalReason.CANCEL)
+            await api.cancel_build(build.pipeline, build.number)

@@ -10,9 +10,14 @@ import enum
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 API_PREFIX = "/agent/v1"
+
+# Bounds of the database columns: a value past them is a 422 here, not a 500 (or, on SQLite,
+# silently stored) later.
+INT32_MAX = 2**31 - 1
+INT64_MAX = 2**63 - 1
 
 # Token prefixes make a leaked token recognisable and easy to scan for.
 REGISTRATION_TOKEN_PREFIX = "cvr_"
@@ -101,13 +106,13 @@ class _Model(BaseModel):
 
 class RegisterRequest(_Model):
     name: str = Field(min_length=1, max_length=200)
-    hostname: str = ""
-    os: str = ""
-    arch: str = ""
-    version: str = ""
-    pid: int = 0
+    hostname: str = Field(default="", max_length=255)
+    os: str = Field(default="", max_length=32)
+    arch: str = Field(default="", max_length=32)
+    version: str = Field(default="", max_length=32)
+    pid: int = Field(default=0, ge=0, le=INT32_MAX)
     tags: dict[str, str] = Field(default_factory=dict)
-    priority: int = 0
+    priority: int = Field(default=0, ge=-INT32_MAX, le=INT32_MAX)
 
 
 class RegisterResponse(_Model):
@@ -120,7 +125,7 @@ class RegisterResponse(_Model):
 
 
 class HeartbeatRequest(_Model):
-    sent_at: datetime
+    sent_at: AwareDatetime
 
 
 class HeartbeatResponse(_Model):
@@ -165,7 +170,7 @@ class JobSpec(_Model):
 
 
 class StartRequest(_Model):
-    started_at: datetime
+    started_at: AwareDatetime
 
 
 class ChunkAck(_Model):
@@ -181,11 +186,11 @@ class JobStateResponse(_Model):
 
 
 class FinishRequest(_Model):
-    exit_status: int
-    signal: str | None = None
+    exit_status: int = Field(ge=-INT32_MAX, le=INT32_MAX)
+    signal: str | None = Field(default=None, max_length=16)
     signal_reason: SignalReason | None = None
-    finished_at: datetime
-    chunks_failed_count: int = 0
+    finished_at: AwareDatetime
+    chunks_failed_count: int = Field(default=0, ge=0, le=INT32_MAX)
 
 
 class ErrorBody(_Model):
@@ -204,9 +209,11 @@ class CreateBuildRequest(_Model):
     model_config = ConfigDict(extra="forbid")
 
     pipeline: str = Field(description="the pipeline YAML (or JSON) text", min_length=1)
-    filename: str = Field(default="pipeline.yml", description="shown in error messages")
-    branch: str = "main"
-    commit: str = "HEAD"
+    filename: str = Field(
+        default="pipeline.yml", max_length=1000, description="shown in error messages"
+    )
+    branch: str = Field(default="main", max_length=255)
+    commit: str = Field(default="HEAD", max_length=255)
     message: str = ""
     env: dict[str, str] = Field(default_factory=dict)
 

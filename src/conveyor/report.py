@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from typing import TextIO
+from typing import Protocol
 
 from conveyor import protocol as p
 
@@ -40,11 +40,17 @@ def describe(job: p.JobOut) -> str:
     return text
 
 
+class Writable(Protocol):
+    def write(self, text: str, /) -> int: ...
+
+    def flush(self) -> None: ...
+
+
 class BuildReporter:
     """Prints each job's outcome once it changes; `summary` prints the table at the end."""
 
-    def __init__(self, out: TextIO | None = None):
-        self.out = out or sys.stdout
+    def __init__(self, out: Writable | None = None):
+        self.out: Writable = out or sys.stdout
         self._seen: dict[str, str] = {}
 
     def update(self, build: p.BuildOut) -> None:

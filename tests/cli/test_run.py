@@ -117,6 +117,8 @@ async def test_ctrl_c_cancels_and_leaves_no_process(tmp_path: Path) -> None:
     output = "".join(run.lines)
     assert "never │" not in output
     assert "✘ sleeper: canceled (exit status -1, cancel)" in output
+    # The build itself is canceled: nothing of it is left to run later.
+    assert "Build local#1: canceled" in output
 
 
 def process_state(pid: int) -> str | None:

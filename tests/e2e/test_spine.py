@@ -97,6 +97,9 @@ async def test_job_environment(
         # An agent configured through its environment must not hand its token to jobs.
         monkeypatch.setenv("CONVEYOR_TOKEN", server.registration_token)
         monkeypatch.setenv("CONVEYOR_AGENT_SPAWN", "1")
+        # Nor an operator's API token, nor the path of a config file holding a token.
+        monkeypatch.setenv("CONVEYOR_API_TOKEN", "cvt_operator_secret")
+        monkeypatch.setenv("CONVEYOR_CONFIG", "/etc/conveyor/agent.yml")
         monkeypatch.setenv("INHERITED_BY_JOBS", "yes")
         pipeline = """
 env:
@@ -118,6 +121,7 @@ steps:
     job = build.jobs[0]
     assert server.registration_token not in log
     assert "CONVEYOR_TOKEN" not in env and "CONVEYOR_AGENT_SPAWN" not in env
+    assert "cvt_operator_secret" not in log and "CONVEYOR_CONFIG" not in env
     assert env["INHERITED_BY_JOBS"] == "yes"
     expected = {
         "CONVEYOR_JOB_ID": job.id,

@@ -33,7 +33,7 @@ class RecordingTee:
         self.close_calls = 0
         self.changes = Changes()
 
-    def write(self, data: bytes) -> None:
+    async def write(self, data: bytes) -> None:
         if self.close_calls:
             self.writes_after_close += 1
         self.data += data
@@ -125,7 +125,7 @@ async def test_tee_gets_the_same_bytes_and_is_closed_once(tmp_path: Path) -> Non
 
 async def test_a_failing_tee_does_not_fail_the_job_or_lose_log(tmp_path: Path) -> None:
     class BrokenTee(RecordingTee):
-        def write(self, data: bytes) -> None:
+        async def write(self, data: bytes) -> None:
             raise BrokenPipeError("the reader went away")
 
     command = "echo one; echo two"

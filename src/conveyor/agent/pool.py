@@ -26,6 +26,11 @@ class AgentPool:
         for worker in self.workers:
             worker.cancel_job(reason)
 
+    @property
+    def failures(self) -> list[str]:
+        """Why workers stopped on their own (the server refused them)."""
+        return [f"{w.name}: {w.failure}" for w in self.workers if w.failure]
+
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Returns once every worker has stopped. Ready when every worker has registered."""
         async with new_http_client(self.options.endpoint) as http, anyio.create_task_group() as tg:

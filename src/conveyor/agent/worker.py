@@ -65,9 +65,13 @@ class AgentWorker:
         self._tee = tee
         self._ping: PingLoop | None = None
         self._runner: JobRunner | None = None
+        self._in_job = False
+        self._pending_cancel: p.SignalReason | None = None
         self._stop_requested = False
         self.agent_id: str | None = None
         self.jobs_run = 0
+        # Why this worker stopped on its own, if the server refused it (e.g. its token).
+        self.failure: str | None = None
 
     def stop(self) -> None:
         """Take no more jobs; finish the running one, then disconnect."""
@@ -76,8 +80,12 @@ class AgentWorker:
             self._ping.stop()
 
     def cancel_job(self, reason: p.SignalReason = p.SignalReason.AGENT_STOP) -> None:
+        """Cancel the running job; a job still being accepted or started is cancelled as soon
+        as it has a runner, and never starts its command."""
         if self._runner is not None:
             self._runner.cancel(reason)
+        elif self._in_job:
+            self._pending_cancel = reason
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         opts = self.options
@@ -111,7 +119,13 @@ class AgentWorker:
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(heartbeat_loop, client, registered.heartbeat_interval, self.name)
-                await self._ping.run()
+                try:
+                    await self._ping.run()
+                except APIError as exc:
+                    # The server refuses this worker (its token was revoked, say): it stops;
+                    # the pool's other workers go on.
+                    self.failure = str(exc)
+                    log.error("%s: stopping: %s", self.name, exc)
                 tg.cancel_scope.cancel()
         finally:
             with anyio.CancelScope(shield=True), anyio.move_on_after(DISCONNECT_DEADLINE_S):
@@ -122,6 +136,14 @@ class AgentWorker:
                     log.warning("%s: disconnect failed: %s", self.name, exc)
 
     async def _run_job(self, client: AgentClient, job_id: str) -> None:
+        self._in_job = True
+        try:
+            await self._accept_and_run(client, job_id)
+        finally:
+            self._in_job = False
+            self._pending_cancel = None
+
+    async def _accept_and_run(self, client: AgentClient, job_id: str) -> None:
         try:
             spec = await client.accept(job_id)
         except (httpx.TransportError, APIError) as exc:
@@ -153,10 +175,18 @@ class AgentWorker:
             cancel_grace=self.options.cancel_grace,
         )
         tee = self._tee(spec) if self._tee is not None else None
-        self._runner = JobRunner(run, job, tee=tee)
+        runner = self._runner = JobRunner(
+            run, _JobSink(job, lambda: runner.cancel(p.SignalReason.CANCEL)), tee=tee
+        )
+        if self._pending_cancel is not None:
+            runner.cancel(self._pending_cancel)
         log.info("%s: running job %s (%s)", self.name, spec.id, spec.label)
         try:
-            result = await self._runner.run()
+            result = await runner.run()
+        except BaseException:
+            # Stopped from outside (the agent is going down): the job still gets its last word.
+            await self._finish(job, exit_status=-1, reason=p.SignalReason.AGENT_STOP)
+            raise
         finally:
             self._runner = None
         self.jobs_run += 1
@@ -193,3 +223,19 @@ class AgentWorker:
                 log.warning("%s: job %s was already finished or is gone", self.name, job.job_id)
             except (httpx.TransportError, APIError) as exc:
                 log.error("%s: could not finish job %s: %s", self.name, job.job_id, exc)
+
+
+class _JobSink:
+    """The job's log sink; a job call refused as gone (401/404) cancels the job, as the job
+    is no longer this agent's to run (it was finished, reassigned or its build canceled)."""
+
+    def __init__(self, job: JobClient, on_gone: Callable[[], None]):
+        self._job = job
+        self._on_gone = on_gone
+
+    async def upload_chunk(self, sequence: int, offset: int, data: bytes) -> p.ChunkAck:
+        try:
+            return await self._job.upload_chunk(sequence, offset, data)
+        except JobGoneError:
+            self._on_gone()
+            raise

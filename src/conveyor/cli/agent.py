@@ -11,9 +11,9 @@ import click
 
 from conveyor.cli.common import config_option, friendly_errors, given, settings, setup_logging
 from conveyor.config import AgentSettings, ClientSettings
+from conveyor.errors import ConveyorError
 
 log = logging.getLogger("conveyor.agent")
-
 
 
 @click.group()
@@ -113,6 +113,8 @@ async def _start(cfg: AgentSettings) -> None:
         tg.start_soon(handle_signals)
         await pool.run()
         tg.cancel_scope.cancel()
+    if pool.failures:
+        raise ConveyorError("workers stopped by the server: " + "; ".join(pool.failures))
     log.info("agent stopped")
 
 

@@ -20,9 +20,13 @@ log = logging.getLogger("conveyor.runner")
 
 
 class OutputTee(Protocol):
-    """A second reader of the job's output (e.g. `conveyor run` printing it live)."""
+    """A second reader of the job's output (e.g. `conveyor run` printing it live).
 
-    def write(self, data: bytes) -> None: ...
+    `write` may wait (a terminal that is slow to take output), which holds up the job's output
+    as a slow terminal would.
+    """
+
+    async def write(self, data: bytes) -> None: ...
 
     def close(self) -> None: ...
 
@@ -62,6 +66,7 @@ class JobRunner:
         self._cancel_reason: SignalReason | None = None
 
     def cancel(self, reason: SignalReason) -> None:
+        """Stop the job; before `run` it never starts. The first reason given is reported."""
         if self._cancel_reason is None:
             self._cancel_reason = reason
         self._scope.cancel()
@@ -76,7 +81,7 @@ class JobRunner:
             async def output(data: bytes) -> None:
                 if self._tee is not None:
                     try:
-                        self._tee.write(data)
+                        await self._tee.write(data)
                     except Exception as exc:
                         # A reader that went away (a closed pipe) must not fail the job.
                         log.warning("job output can no longer be shown: %s", exc)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
 import zlib
 from typing import Annotated
 
@@ -12,7 +11,7 @@ from conveyor import protocol as p
 from conveyor.errors import ConflictError, InvalidStateError, NotFoundError
 from conveyor.server import jobenv, scheduler
 from conveyor.server.auth import agent_token, context, job_token, registration_token
-from conveyor.server.dispatcher import claim_job
+from conveyor.server.dispatcher import claim_job, release_agent_jobs
 from conveyor.storage.queries.base import utcnow
 from conveyor.storage.rows import TokenRow
 
@@ -66,14 +65,14 @@ async def connect(request: Request, token: AgentToken) -> None:
 
 @router.post("/disconnect", status_code=204)
 async def disconnect(request: Request, token: AgentToken) -> None:
+    ctx = context(request)
     agent_id = _agent_id(token)
-    async with context(request).store.transaction() as tx:
-        # A job handed out but never accepted goes back to the queue for another agent.
-        held = await tx.assigned_job(agent_id)
-        if held is not None:
-            await tx.transition_job(held.id, ["assigned"], "scheduled", agent_id=None)
+    async with ctx.store.transaction() as tx:
+        builds = await release_agent_jobs(tx, agent_id, p.SignalReason.AGENT_STOP)
         await tx.set_agent_state(agent_id, "disconnected", current_job_id=None)
         await tx.revoke_agent_tokens(agent_id)
+    for build_id in builds:
+        ctx.notifier.notify(f"build:{build_id}")
 
 
 @router.post("/heartbeat", response_model=p.HeartbeatResponse)
@@ -92,7 +91,7 @@ async def ping(request: Request, token: AgentToken) -> p.PingResponse:
     async with context(request).store.transaction() as tx:
         agent = await tx.get_agent(agent_id)
         await tx.touch_agent(agent_id)
-        job = await claim_job(tx, agent)
+        job = await claim_job(tx, agent, match_any=context(request).match_any_agent)
     if job is None:
         return p.PingResponse()
     return p.PingResponse(job=p.JobRef(id=job.id))
@@ -109,10 +108,15 @@ async def accept(job_id: str, request: Request, token: AgentToken) -> p.JobSpec:
             raise HTTPException(404, str(exc)) from None
         if job.agent_id != agent_id:
             raise HTTPException(409, "this job is not assigned to you")
-        try:
-            await tx.require_transition(job_id, ["assigned"], "accepted", accepted_at=utcnow())
-        except InvalidStateError as exc:
-            raise HTTPException(409, str(exc)) from None
+        if job.state == "accepted":
+            # A retry whose first answer was lost: the same job again, with a fresh token (the
+            # first one never reached the agent, so it is revoked).
+            await tx.revoke_job_tokens(job_id)
+        else:
+            try:
+                await tx.require_transition(job_id, ["assigned"], "accepted", accepted_at=utcnow())
+            except InvalidStateError as exc:
+                raise HTTPException(409, str(exc)) from None
         agent = await tx.get_agent(agent_id)
         build = await tx.get_build(job.build_id)
         token_value = await tx.create_token("job", job_id=job_id)
@@ -137,11 +141,13 @@ async def accept(job_id: str, request: Request, token: AgentToken) -> p.JobSpec:
 async def start(job_id: str, body: p.StartRequest, request: Request, _: JobToken) -> None:
     ctx = context(request)
     async with ctx.store.transaction() as tx:
+        job = await tx.get_job(job_id)
+        if job.state == "running":
+            return  # a retry whose first answer was lost
         try:
             await tx.require_transition(job_id, ["accepted"], "running", started_at=body.started_at)
         except InvalidStateError as exc:
             raise HTTPException(409, str(exc)) from None
-        job = await tx.get_job(job_id)
         await scheduler.advance_build(tx, job.build_id)
     ctx.notifier.notify(f"build:{job.build_id}")
 
@@ -151,21 +157,18 @@ async def upload_chunk(
     job_id: str,
     request: Request,
     _: JobToken,
-    sequence: Annotated[int, Query(ge=1)],
-    offset: Annotated[int, Query(ge=0)],
-    size: Annotated[int, Query(ge=0)],
+    sequence: Annotated[int, Query(ge=1, le=p.INT32_MAX)],
+    offset: Annotated[int, Query(ge=0, le=p.INT64_MAX)],
+    size: Annotated[int, Query(ge=0, le=p.INT32_MAX)],
 ) -> p.ChunkAck:
     ctx = context(request)
-    data = await request.body()
-    if request.headers.get("content-encoding", "").lower() == "gzip":
-        try:
-            data = gzip.decompress(data)
-        except (OSError, EOFError, zlib.error):
-            raise HTTPException(400, "body is not valid gzip") from None
-    if len(data) != size:
-        raise HTTPException(400, f"size says {size} bytes but the body has {len(data)}")
     if size > ctx.chunk_max_size:
         raise HTTPException(413, f"chunk of {size} bytes exceeds {ctx.chunk_max_size}")
+    data = await _read_body(request, limit=size)
+    if request.headers.get("content-encoding", "").lower() == "gzip":
+        data = _gunzip(data, limit=size)
+    if len(data) != size:
+        raise HTTPException(400, f"size says {size} bytes but the body has {len(data)}")
     async with ctx.store.transaction() as tx:
         job = await tx.get_job(job_id)
         if job.state not in _LIVE_JOB_STATES:
@@ -176,9 +179,28 @@ async def upload_chunk(
             raise HTTPException(409, str(exc)) from None
         if stored:
             await tx.add_log_size(job_id, size)
-    if stored:
-        ctx.notifier.notify(f"log:{job_id}")
     return p.ChunkAck(sequence=sequence, offset=offset, size=size, stored=stored)
+
+
+async def _read_body(request: Request, *, limit: int) -> bytes:
+    """The body, refused as soon as it grows past what `size` promised (plus gzip's overhead)."""
+    cap = limit + 1024 + limit // 100
+    body = bytearray()
+    async for piece in request.stream():
+        body += piece
+        if len(body) > cap:
+            raise HTTPException(400, f"body is larger than the {limit} bytes its size says")
+    return bytes(body)
+
+
+def _gunzip(data: bytes, *, limit: int) -> bytes:
+    """Decompress at most `limit` + 1 bytes: a small body may not expand without bound."""
+    try:
+        inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+        out = inflater.decompress(data, limit + 1)
+    except zlib.error:
+        raise HTTPException(400, "body is not valid gzip") from None
+    return out
 
 
 @router.get("/jobs/{job_id}", response_model=p.JobStateResponse)
@@ -193,11 +215,13 @@ async def finish(job_id: str, body: p.FinishRequest, request: Request, _: JobTok
     ctx = context(request)
     async with ctx.store.transaction() as tx:
         job = await tx.get_job(job_id)
+        if job.state not in _LIVE_JOB_STATES:
+            raise HTTPException(409, f"job is {job.state}: it cannot be finished")
         to_state = "canceled" if job.state == "canceling" else "finished"
         try:
             await tx.require_transition(
                 job_id,
-                _LIVE_JOB_STATES,
+                [job.state],
                 to_state,
                 exit_status=body.exit_status,
                 signal=body.signal,
@@ -212,4 +236,3 @@ async def finish(job_id: str, body: p.FinishRequest, request: Request, _: JobTok
             await tx.set_agent_job(job.agent_id, None, succeeded=body.exit_status == 0)
         await scheduler.advance_build(tx, job.build_id)
     ctx.notifier.notify(f"build:{job.build_id}")
-    ctx.notifier.notify(f"log:{job_id}")

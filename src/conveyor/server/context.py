@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import anyio
+
 from conveyor.server.events import Notifier
 from conveyor.storage import Store
 
@@ -18,4 +20,9 @@ class ServerContext:
     chunk_interval: float = 1.0
     log_max_size: int = 1024**3
     external_url: str = "http://127.0.0.1:8080"
+    # `conveyor run`: every local agent may run every step, whatever its `agents:` rules say.
+    match_any_agent: bool = False
     notifier: Notifier = field(default_factory=Notifier)
+    # Set when the server begins to stop, so long polls answer at once instead of holding
+    # up a graceful shutdown.
+    stopping: anyio.Event = field(default_factory=anyio.Event)

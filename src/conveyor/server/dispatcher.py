@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from fnmatch import fnmatchcase
 
+from conveyor.protocol import SignalReason
+from conveyor.server import scheduler
 from conveyor.storage import Tx
 from conveyor.storage.queries.base import utcnow
 from conveyor.storage.rows import AgentRow, JobRow
@@ -35,7 +37,7 @@ def matches(query: dict[str, str], tags: dict[str, str]) -> bool:
     return True
 
 
-async def claim_job(tx: Tx, agent: AgentRow) -> JobRow | None:
+async def claim_job(tx: Tx, agent: AgentRow, *, match_any: bool = False) -> JobRow | None:
     """The job this agent should run next, now assigned to it; None when there is none.
 
     An agent that already holds an assigned job gets the same job again, so a ping whose
@@ -54,7 +56,7 @@ async def claim_job(tx: Tx, agent: AgentRow) -> JobRow | None:
             return None
         for job in batch:
             seen.append(job.id)
-            if not matches(job.agent_query, agent.tags):
+            if not match_any and not matches(job.agent_query, agent.tags):
                 continue
             # Compare-and-set: of two agents racing for one job exactly one update matches.
             if await tx.transition_job(
@@ -63,3 +65,31 @@ async def claim_job(tx: Tx, agent: AgentRow) -> JobRow | None:
                 await tx.set_agent_job(agent.id, job.id)
                 return await tx.get_job(job.id)
     return None
+
+
+async def release_agent_jobs(tx: Tx, agent_id: str, reason: SignalReason) -> set[str]:
+    """An agent is going (disconnect) or gone (lost): settle what it held.
+
+    A job assigned but never accepted goes back to the queue for another agent; a job it had
+    accepted or was running is finished with exit status -1 and `reason`. Returns the ids of
+    the builds touched (already advanced).
+    """
+    builds: set[str] = set()
+    for job in await tx.jobs_of_agent(agent_id, ["assigned"]):
+        await tx.transition_job(job.id, ["assigned"], "scheduled", agent_id=None)
+        builds.add(job.build_id)
+    live = ["accepted", "running", "canceling"]
+    for job in await tx.jobs_of_agent(agent_id, live):
+        await tx.transition_job(
+            job.id,
+            [job.state],
+            "canceled" if job.state == "canceling" else "finished",
+            exit_status=-1,
+            signal_reason=reason.value,
+            finished_at=utcnow(),
+        )
+        await tx.revoke_job_tokens(job.id)
+        builds.add(job.build_id)
+    for build_id in builds:
+        await scheduler.advance_build(tx, build_id)
+    return builds

@@ -14,8 +14,8 @@ from datetime import timedelta
 import anyio
 
 from conveyor.protocol import SignalReason
-from conveyor.server import scheduler
 from conveyor.server.context import ServerContext
+from conveyor.server.dispatcher import release_agent_jobs
 from conveyor.storage.queries.base import utcnow
 
 log = logging.getLogger("conveyor.server")
@@ -28,27 +28,11 @@ async def reap_once(ctx: ServerContext, lost_after: float) -> list[str]:
     async with ctx.store.transaction() as tx:
         silent = await tx.silent_agents(cutoff)
     for agent in silent:
-        builds: set[str] = set()
         async with ctx.store.transaction() as tx:
             if not await tx.mark_agent_lost(agent.id, cutoff):
                 continue  # it spoke up in the meantime
             await tx.revoke_agent_tokens(agent.id)
-            for job in await tx.jobs_of_agent(agent.id, ["assigned"]):
-                await tx.transition_job(job.id, ["assigned"], "scheduled", agent_id=None)
-                builds.add(job.build_id)
-            for job in await tx.jobs_of_agent(agent.id, ["accepted", "running", "canceling"]):
-                await tx.transition_job(
-                    job.id,
-                    ["accepted", "running", "canceling"],
-                    "finished",
-                    exit_status=-1,
-                    signal_reason=SignalReason.AGENT_LOST.value,
-                    finished_at=utcnow(),
-                )
-                await tx.revoke_job_tokens(job.id)
-                builds.add(job.build_id)
-            for build_id in builds:
-                await scheduler.advance_build(tx, build_id)
+            builds = await release_agent_jobs(tx, agent.id, SignalReason.AGENT_LOST)
         log.warning("agent %s (%s) is lost: no heartbeat for %ss", agent.name, agent.id, lost_after)
         lost.append(agent.id)
         for build_id in builds:

@@ -18,10 +18,9 @@ from conveyor.pipeline import parse_pipeline
 from conveyor.server import scheduler
 from conveyor.server.auth import api_token, context
 from conveyor.server.context import ServerContext
-from conveyor.storage.rows import BuildRow, TokenRow
+from conveyor.storage.rows import BuildRow
 
 router = APIRouter(prefix=p.REST_PREFIX, tags=["rest"], dependencies=[Depends(api_token)])
-ApiToken = Annotated[TokenRow, Depends(api_token)]
 
 # Chunks read per query while streaming a log: bounded memory for logs of any size.
 _LOG_READ_BATCH = 8
@@ -102,8 +101,10 @@ async def create_build(
 
 @router.post("/pipelines/{slug}/builds", response_model=p.BuildOut, status_code=201)
 async def post_build(slug: str, body: p.CreateBuildRequest, request: Request) -> p.BuildOut:
-    if not slug.replace("-", "").replace("_", "").isalnum():
-        raise HTTPException(422, "pipeline slug may hold only letters, digits, '-' and '_'")
+    if len(slug) > 100 or not slug.replace("-", "").replace("_", "").isalnum():
+        raise HTTPException(
+            422, "pipeline slug may hold only letters, digits, '-' and '_' (at most 100)"
+        )
     try:
         build, warnings = await create_build(context(request), slug, body)
     except PipelineError as exc:
@@ -146,12 +147,39 @@ async def get_build(
             # Re-read once more: a change between the read above and subscribing is not lost.
             async with ctx.store.transaction() as tx:
                 out = build_out(await tx.get_build(build.id))
-            if out.version != after:
+            if out.version != after or ctx.stopping.is_set():
                 return out
             with anyio.move_on_after(_WAIT_SLICE_S):
-                await changed.wait()
+                await _wait_either(changed, ctx.stopping)
     async with ctx.store.transaction() as tx:
         return build_out(await tx.get_build_by_number(slug, number))
+
+
+async def _wait_either(a: anyio.Event, b: anyio.Event) -> None:
+    async with anyio.create_task_group() as tg:
+
+        async def wait_b() -> None:
+            await b.wait()
+            tg.cancel_scope.cancel()
+
+        tg.start_soon(wait_b)
+        await a.wait()
+        tg.cancel_scope.cancel()
+
+
+@router.post("/pipelines/{slug}/builds/{number}/cancel", response_model=p.BuildOut)
+async def cancel_build(slug: str, number: int, request: Request) -> p.BuildOut:
+    """Cancel a build: jobs not yet running are canceled, running ones are stopped by their
+    agents and finish as canceled. A finished build is returned unchanged."""
+    ctx = context(request)
+    async with ctx.store.transaction() as tx:
+        try:
+            build = await tx.get_build_by_number(slug, number)
+        except NotFoundError as exc:
+            raise HTTPException(404, str(exc)) from None
+        build = await scheduler.cancel_build(tx, build.id)
+    ctx.notifier.notify(f"build:{build.id}")
+    return build_out(build)
 
 
 @router.get("/jobs/{job_id}", response_model=p.JobOut)

@@ -120,8 +120,21 @@ def _step_outcome(step: StepRow, build: BuildRow) -> str | None:
     return "passed" if all(j.passed for j in jobs) else "failed"
 
 
+async def cancel_build(tx: Tx, build_id: str) -> BuildRow:
+    """Cancel a build: jobs not yet running are canceled, running ones go to `canceling` (their
+    agents stop them and finish them as canceled); nothing new is scheduled."""
+    await tx.lock_build(build_id)
+    build = await tx.get_build(build_id)
+    if BuildState(build.state).terminal:
+        return build
+    await tx.cancel_build_jobs(build_id)
+    await tx.set_build_state(build_id, BuildState.CANCELING)
+    return await advance_build(tx, build_id)
+
+
 async def advance_build(tx: Tx, build_id: str) -> BuildRow:
     """Settle what can be settled and schedule what became runnable, until nothing changes."""
+    await tx.lock_build(build_id)
     while True:
         build = await tx.get_build(build_id)
         if not await _advance_once(tx, build):
@@ -132,6 +145,7 @@ async def advance_build(tx: Tx, build_id: str) -> BuildRow:
 
 async def _advance_once(tx: Tx, build: BuildRow) -> bool:
     steps = {s.id: s for s in build.steps}
+    canceling = build.state == BuildState.CANCELING
     changed = False
     for step in build.steps:
         if step.state == "running":
@@ -146,7 +160,7 @@ async def _advance_once(tx: Tx, build: BuildRow) -> bool:
         if any(d.state not in SETTLED_STEP_STATES for d in deps):
             continue
         failed = any(d.state in ("failed", "skipped") for d in deps)
-        if failed and not step.allow_dependency_failure:
+        if canceling or (failed and not step.allow_dependency_failure):
             await tx.set_step_state(step.id, "skipped")
             await tx.skip_step_jobs(step.id)
         elif step.kind == "wait":
@@ -163,7 +177,10 @@ async def _update_build_state(tx: Tx, build: BuildRow) -> None:
         return
     if all(s.state in SETTLED_STEP_STATES for s in build.steps):
         failed = any(s.state == "failed" for s in build.steps)
-        state = BuildState.FAILED if failed else BuildState.PASSED
+        if build.state == BuildState.CANCELING:
+            state = BuildState.CANCELED
+        else:
+            state = BuildState.FAILED if failed else BuildState.PASSED
         now = utcnow()
         await tx.set_build_state(
             build.id, state, finished_at=now, started_at=build.started_at or now

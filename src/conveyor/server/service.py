@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -10,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
+import anyio.to_thread
 import uvicorn
 from anyio.abc import TaskStatus
 
@@ -67,6 +69,13 @@ def bind(listen: str) -> socket.socket:
     return sock
 
 
+def _write_secret(path: Path, text: str) -> None:
+    """Create the file readable by its owner only from the first byte on."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+
+
 async def ensure_tokens(store: Store, data_dir: Path) -> tuple[dict[str, str | None], bool]:
     """The registration and API tokens, created on first start and kept in the data dir.
 
@@ -87,8 +96,7 @@ async def ensure_tokens(store: Store, data_dir: Path) -> tuple[dict[str, str | N
                     await tx.add_token(kind, value, description=f"from {path}")
             elif await tx.count_tokens(kind) == 0:
                 value = await tx.create_token(kind, description="created at first start")
-                await path.write_text(value + "\n")
-                await path.chmod(0o600)
+                await anyio.to_thread.run_sync(_write_secret, Path(path), value + "\n")
                 created = True
             else:
                 value = None
@@ -100,6 +108,7 @@ async def run_server(
     settings: ServerSettings,
     *,
     ping_interval: int = 10,
+    match_any_agent: bool = False,
     task_status: TaskStatus[ServerHandle] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve until cancelled; `task_status.started` gets the handle once requests are accepted."""
@@ -124,6 +133,7 @@ async def run_server(
             heartbeat_interval=max(1, min(60, settings.agent_lost_timeout // 3)),
             chunk_max_size=settings.chunk_max_size,
             external_url=settings.external_url or base_url,
+            match_any_agent=match_any_agent,
         )
         tokens, created = await ensure_tokens(store, data_dir)
         config = uvicorn.Config(
@@ -156,6 +166,7 @@ async def run_server(
             try:
                 await anyio.sleep_forever()
             finally:
+                ctx.stopping.set()
                 server.should_exit = True
     finally:
         sock.close()

@@ -203,6 +203,17 @@ class BuildQueries(QueryBase):
             q = q.where(t.pipelines.c.slug == pipeline_slug)
         return [_build_row(r) for r in await self.conn.execute(q)]
 
+    async def lock_build(self, build_id: str) -> None:
+        """Hold the build's row until the transaction ends (PostgreSQL; SQLite has one writer).
+
+        Whoever settles a build's steps takes this first, so two jobs finishing at once are
+        settled one after the other, each seeing the other's result.
+        """
+        if self.backend == "postgresql":
+            await self.conn.execute(
+                select(t.builds.c.id).where(t.builds.c.id == build_id).with_for_update()
+            )
+
     async def set_build_state(self, build_id: str, state: str, **values: Any) -> None:
         await self.conn.execute(
             update(t.builds).where(t.builds.c.id == build_id).values(state=state, **values)

@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import select, update
 
 from conveyor.errors import InvalidStateError, NotFoundError
+from conveyor.protocol import JobState, can_transition
 from conveyor.storage import tables as t
 from conveyor.storage.queries.base import QueryBase, utcnow
 from conveyor.storage.rows import JobRow
@@ -51,9 +52,13 @@ class JobQueries(QueryBase):
         self, job_id: str, from_states: Iterable[str], to_state: str, **values: Any
     ) -> bool:
         """Move a job to `to_state` if it is in one of `from_states`. False if it was not."""
+        froms = list(from_states)
+        target = JobState(to_state)
+        if not all(can_transition(JobState(f), target) for f in froms):
+            raise InvalidStateError(f"no job goes from {froms} to {to_state} (JOB_TRANSITIONS)")
         result = await self.conn.execute(
             update(t.jobs)
-            .where(t.jobs.c.id == job_id, t.jobs.c.state.in_(list(from_states)))
+            .where(t.jobs.c.id == job_id, t.jobs.c.state.in_(froms))
             .values(state=to_state, **values)
         )
         return bool(result.rowcount)
@@ -65,6 +70,22 @@ class JobQueries(QueryBase):
         if not await self.transition_job(job_id, froms, to_state, **values):
             job = await self.get_job(job_id)
             raise InvalidStateError(f"job {job_id} is {job.state}, not {' or '.join(froms)}")
+
+    async def cancel_build_jobs(self, build_id: str) -> None:
+        """Jobs nothing runs yet are canceled; jobs an agent runs go to `canceling`."""
+        await self.conn.execute(
+            update(t.jobs)
+            .where(
+                t.jobs.c.build_id == build_id,
+                t.jobs.c.state.in_(["pending", "scheduled", "assigned"]),
+            )
+            .values(state="canceled", finished_at=utcnow())
+        )
+        await self.conn.execute(
+            update(t.jobs)
+            .where(t.jobs.c.build_id == build_id, t.jobs.c.state.in_(["accepted", "running"]))
+            .values(state="canceling")
+        )
 
     async def schedule_step_jobs(self, step_id: str) -> None:
         await self.conn.execute(

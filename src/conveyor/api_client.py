@@ -10,20 +10,15 @@ import httpx
 
 from conveyor import __version__
 from conveyor import protocol as p
-from conveyor.errors import APIError, ConveyorError
+from conveyor.errors import ConveyorError, api_error
 
 # A long poll is answered within this many seconds; the HTTP timeout leaves room above it.
 WAIT_S = 30.0
 
 
 def _raise_for(response: httpx.Response) -> None:
-    if response.status_code < 400:
-        return
-    try:
-        message = str(response.json().get("message", response.text))
-    except ValueError:
-        message = response.text[:500] or response.reason_phrase
-    raise APIError(response.status_code, message)
+    if response.status_code >= 400:
+        raise api_error(response)
 
 
 class ApiClient:

@@ -21,7 +21,7 @@ from pydantic import BaseModel
 
 from conveyor import __version__
 from conveyor import protocol as p
-from conveyor.errors import APIError, JobGoneError, is_retryable
+from conveyor.errors import APIError, api_error, is_retryable
 
 log = logging.getLogger("conveyor.client")
 
@@ -75,23 +75,6 @@ async def retrying(what: str, policy: Backoff, call: Callable[[], Awaitable[R]])
             await anyio.sleep(delay)
 
 
-def _error(response: httpx.Response, *, job_call: bool) -> APIError:
-    try:
-        message = str(response.json().get("message", response.text))
-    except ValueError:
-        message = response.text[:500] or response.reason_phrase
-    retry_after: float | None = None
-    header = response.headers.get("retry-after")
-    if header is not None:
-        try:
-            retry_after = float(header)
-        except ValueError:
-            retry_after = None
-    if job_call and response.status_code in (401, 404):
-        return JobGoneError(response.status_code, message)
-    return APIError(response.status_code, message, retry_after=retry_after)
-
-
 def new_http_client(endpoint: str) -> httpx.AsyncClient:
     return httpx.AsyncClient(
         base_url=endpoint.rstrip("/"),
@@ -126,7 +109,7 @@ class _Base:
             headers={**self._headers, **(headers or {})},
         )
         if response.status_code >= 400:
-            raise _error(response, job_call=self._job_call)
+            raise api_error(response, job_call=self._job_call)
         return response
 
     async def _call(

@@ -99,3 +99,24 @@ def is_retryable(exc: BaseException) -> bool:
     if isinstance(exc, APIError):
         return exc.status == 429 or exc.status >= 500
     return False
+
+
+def api_error(response: httpx.Response, *, job_call: bool = False) -> APIError:
+    """The APIError for an error response: its JSON `message`, and `Retry-After` if given.
+
+    On a job call, 401 and 404 mean the job is gone (`JobGoneError`).
+    """
+    try:
+        message = str(response.json().get("message", response.text))
+    except (ValueError, AttributeError):
+        message = response.text[:500] or response.reason_phrase
+    retry_after: float | None = None
+    header = response.headers.get("retry-after")
+    if header is not None:
+        try:
+            retry_after = float(header)
+        except ValueError:
+            retry_after = None
+    if job_call and response.status_code in (401, 404):
+        return JobGoneError(response.status_code, message)
+    return APIError(response.status_code, message, retry_after=retry_after)

@@ -11,7 +11,7 @@ from conveyor import protocol as p
 from conveyor.agent import AgentPool, WorkerOptions
 from conveyor.client import AgentClient, new_http_client
 from conveyor.errors import JobGoneError
-from tests.harness import Api, running_server
+from tests.harness import Api, running_agents, running_server
 
 pytestmark = pytest.mark.anyio
 
@@ -73,3 +73,33 @@ async def test_disconnect_after_job(database_url: str, tmp_path: Path) -> None:
         assert states == ["finished", "scheduled"]
         agents = (await api.http.get("/api/v1/agents")).json()
         assert agents == []  # it disconnected
+
+
+async def test_job_whose_token_is_refused_is_cancelled(database_url: str, tmp_path: Path) -> None:
+    """A 401 on a job call means the job is no longer this agent's: its process is stopped."""
+    pidfile = tmp_path / "pid"
+    async with (
+        running_server(database_url, tmp_path / "srv") as server,
+        Api(server) as api,
+        running_agents(server, tmp_path / "builds", spawn=1),
+    ):
+        build = await api.create_build(
+            f"steps:\n  - command: echo $$ > {pidfile}; while true; do echo tick; sleep 0.2; done\n"
+        )
+        with anyio.fail_after(30):
+            while not (text := await anyio.Path(pidfile).read_text() if pidfile.exists() else ""):
+                await anyio.sleep(0.05)
+        pid = int(text)
+        async with server.ctx.store.transaction() as tx:
+            await tx.revoke_job_tokens(build.jobs[0].id)
+        # The next log chunk is refused: the agent stops the command.
+        with anyio.fail_after(30):
+            while Path(f"/proc/{pid}").exists() and "Z" not in _state(pid):
+                await anyio.sleep(0.05)
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return "Z"

@@ -10,7 +10,7 @@ import click
 
 from conveyor import protocol as p
 from conveyor.cli.client_options import client_options
-from conveyor.cli.common import friendly_errors, given, settings
+from conveyor.cli.common import friendly_errors, given, read_pipeline_text, settings
 from conveyor.config import ClientSettings
 from conveyor.errors import ConveyorError
 from conveyor.report import BuildReporter, describe
@@ -34,9 +34,13 @@ def _env_pairs(pairs: tuple[str, ...]) -> dict[str, str]:
 
 
 @build.command()
-@click.option("--pipeline-file", "-f", required=True,
-              type=click.Path(path_type=Path, dir_okay=False, exists=True),
-              help="The pipeline YAML to run; `-` reads standard input.")  # fmt: skip
+@click.option(
+    "--pipeline-file",
+    "-f",
+    required=True,
+    type=click.Path(path_type=Path, dir_okay=False, exists=True, allow_dash=True),
+    help="The pipeline YAML to run; `-` reads standard input.",
+)
 @click.option("--pipeline", "slug", default="default", show_default=True, help=_SLUG_HELP)
 @click.option("--branch", default="main", show_default=True)
 @click.option("--commit", default="HEAD", show_default=True)
@@ -60,9 +64,10 @@ def create(
 ) -> None:
     """Create a build from a pipeline file and print its number."""
     cfg = settings(ClientSettings, given(**flags), config_file)
+    from_stdin = str(pipeline_file) == "-"
     body = p.CreateBuildRequest(
-        pipeline=pipeline_file.read_text(),
-        filename=str(pipeline_file),
+        pipeline=read_pipeline_text(pipeline_file),
+        filename="<stdin>" if from_stdin else str(pipeline_file),
         branch=branch,
         commit=commit,
         message=message,

@@ -115,6 +115,18 @@ def friendly_errors(fn: Callable[P, R]) -> Callable[P, R]:
     return wrapper
 
 
+def read_pipeline_text(path: Path) -> str:
+    """A pipeline file's text (`-`: standard input), or a clear error."""
+    try:
+        if str(path) == "-":
+            return sys.stdin.read()
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConveyorError(f"{path} is not UTF-8 text: {exc.reason} at byte {exc.start}") from None
+    except OSError as exc:
+        raise ConveyorError(f"cannot read {path}: {exc.strerror}") from None
+
+
 def given(**flags: Any) -> dict[str, object]:
     """The flags the user gave (click passes None for the rest)."""
     return {k: v for k, v in flags.items() if v is not None}

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import click
 
-from conveyor.errors import PipelineError
+from conveyor.cli.common import friendly_errors, read_pipeline_text
+from conveyor.errors import ConveyorError
 from conveyor.pipeline import parse_pipeline
 
 
@@ -17,18 +18,24 @@ def pipeline() -> None:
 
 
 @pipeline.command()
-@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path, dir_okay=False))
+@click.argument(
+    "files",
+    nargs=-1,
+    required=True,
+    type=click.Path(path_type=Path, dir_okay=False, allow_dash=True),
+)
+@friendly_errors
 def check(files: tuple[Path, ...]) -> None:
-    """Validate pipeline files without running them: exit 0 if all are valid, 1 if not."""
+    """Validate pipeline files without running them: exit 0 if all are valid, 1 if not.
+
+    Errors and warnings name the file, line and column. `-` reads standard input.
+    """
     ok = True
     for path in files:
         try:
-            parsed = parse_pipeline(path.read_text(), filename=str(path))
-        except OSError as exc:
-            click.echo(f"{path}: cannot read: {exc.strerror}", err=True)
-            ok = False
-            continue
-        except PipelineError as exc:
+            text = read_pipeline_text(path)
+            parsed = parse_pipeline(text, filename="<stdin>" if str(path) == "-" else str(path))
+        except ConveyorError as exc:  # unreadable, or rejected (PipelineError)
             click.echo(f"error: {exc}", err=True)
             ok = False
             continue

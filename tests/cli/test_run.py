@@ -52,6 +52,18 @@ async def test_default_file_and_working_tree(tmp_path: Path) -> None:
     assert "where │ from the working tree\n" in result.stdout
 
 
+async def test_agent_rules_do_not_strand_local_steps(tmp_path: Path) -> None:
+    """Pipelines written for a fleet route steps with `agents:`; locally every agent runs all."""
+    await anyio.Path(tmp_path / "p.yml").write_text(
+        "agents: {queue: builders}\n"
+        "steps:\n  - label: deploy\n    agents: {queue: deploy, os: '!windows'}\n"
+        "    command: echo deployed\n"
+    )
+    result = await conveyor("run", "p.yml", cwd=tmp_path, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "deploy │ deployed\n" in result.stdout
+
+
 async def test_no_pty_mode(tmp_path: Path) -> None:
     await anyio.Path(tmp_path / "p.yml").write_text(
         "steps:\n  - label: t\n    command: test -t 1 && echo tty || echo pipe\n"

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -162,6 +163,28 @@ class AgentClient(_Base):
 
     async def accept(self, job_id: str) -> p.JobSpec:
         return await self._call("accept", ACCEPT, "PUT", f"/jobs/{job_id}/accept", p.JobSpec)
+
+    @asynccontextmanager
+    async def stream(self) -> AsyncIterator[AsyncIterator[p.StreamMessage]]:
+        """Open the worker's stream; iterate it for messages.
+
+        A read that waits past three keepalive intervals raises `httpx.ReadTimeout`: the
+        stream is dead even if the connection is not closed.
+        """
+        timeout = httpx.Timeout(10.0, read=3 * p.STREAM_KEEPALIVE_S)
+        async with self._http.stream(
+            "GET", p.API_PREFIX + "/stream", headers=self._headers, timeout=timeout
+        ) as response:
+            if response.status_code >= 400:
+                await response.aread()
+                raise api_error(response)
+
+            async def messages() -> AsyncIterator[p.StreamMessage]:
+                async for line in response.aiter_lines():
+                    if line.strip():
+                        yield p.StreamMessage.model_validate_json(line)
+
+            yield messages()
 
     def job_client(self, spec: p.JobSpec) -> JobClient:
         return JobClient(self._http, spec.token, spec.id)

@@ -26,7 +26,7 @@ import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Generic, TypeVar
+from typing import Annotated, Generic, Literal, TypeVar
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -75,6 +75,7 @@ class AgentSettings(BaseModel):
     spawn: int = Field(default=1, ge=1)
     build_path: ExpandedPath = Path("~/.conveyor/builds")
     shell: Shell = "/bin/bash -e -c"
+    ping_mode: Literal["auto", "ping-only", "stream-only"] = "auto"
     ping_interval: int = 0
     cancel_grace_period: int = Field(default=10, ge=0)
     no_pty: bool = False

@@ -149,6 +149,27 @@ class PingResponse(_Model):
     job: JobRef | None = None
 
 
+# ---- the stream (GET /agent/v1/stream): newline-delimited JSON, one message per line -------
+
+
+class StreamMessageType(enum.StrEnum):
+    RESUME = "resume"  # be idle: take jobs
+    PAUSE = "pause"  # take no jobs until resumed
+    DISCONNECT = "disconnect"  # finish what runs, then disconnect
+    JOB_ASSIGNED = "job_assigned"  # `job` is assigned to you: accept it
+    CANCEL_JOB = "cancel_job"  # stop `job`
+    KEEPALIVE = "keepalive"  # nothing happened; the stream is alive
+
+
+class StreamMessage(_Model):
+    type: StreamMessageType
+    job: JobRef | None = None
+    reason: str = ""
+
+
+STREAM_KEEPALIVE_S = 5.0
+
+
 # ---- jobs ------------------------------------------------------------------------------------
 
 

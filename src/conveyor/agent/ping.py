@@ -1,7 +1,9 @@
 """The ping loop: ask the server for work every interval, plus uniform jitter in [0, interval).
 
 The first ping waits only the jitter (so a fleet started together does not ping together).
-No pings while a job runs; after a job the next ping goes out at once.
+No pings while a job runs; after a job the next ping goes out at once. Each ping, and the job it
+brings, happens while holding the baton: while the stream is healthy the stream side holds it
+and the ping loop waits.
 """
 
 from __future__ import annotations
@@ -14,10 +16,13 @@ import anyio
 import httpx
 
 from conveyor import protocol as p
+from conveyor.agent.baton import Baton
 from conveyor.client import AgentClient
 from conveyor.errors import APIError, is_retryable
 
 log = logging.getLogger("conveyor.agent")
+
+HOLDER = "ping"
 
 
 class PingLoop:
@@ -28,13 +33,13 @@ class PingLoop:
         on_job: Callable[[str], Awaitable[None]],
         *,
         name: str,
-        disconnect_after_job: bool = False,
+        baton: Baton | None = None,
     ):
         self._client = client
         self._interval = interval
         self._on_job = on_job
         self._name = name
-        self._disconnect_after_job = disconnect_after_job
+        self._baton = baton or Baton()
         self._stopping = anyio.Event()
         self._wait_scope: anyio.CancelScope | None = None
 
@@ -49,27 +54,41 @@ class PingLoop:
             await anyio.sleep(delay)
         self._wait_scope = None
 
-    async def run(self) -> None:
-        """Returns when stopped or when the server says to disconnect."""
+    async def run(self) -> bool:
+        """Returns when stopped (False) or when the server says to disconnect (True)."""
         delay = random.uniform(0, self._interval)
         while not self._stopping.is_set():
             await self._wait(delay)
             if self._stopping.is_set():
-                return
-            delay = self._interval + random.uniform(0, self._interval)
+                return False
+            with anyio.CancelScope() as self._wait_scope:
+                await self._baton.acquire(HOLDER)
+            self._wait_scope = None
+            if self._stopping.is_set():
+                if self._baton.holder == HOLDER:
+                    self._baton.release(HOLDER)
+                return False
             try:
-                response = await self._client.ping()
-            except (httpx.TransportError, APIError) as exc:
-                if not is_retryable(exc):
-                    raise
-                log.warning("%s: ping failed: %s", self._name, exc)
-                continue
-            if response.action == p.PingAction.DISCONNECT:
-                log.info("%s: the server asked this agent to disconnect", self._name)
-                return
-            if response.job is not None:
-                await self._on_job(response.job.id)
-                if self._disconnect_after_job:
-                    log.info("%s: disconnecting after one job, as configured", self._name)
-                    return
-                delay = 0
+                outcome = await self._ping_once()
+            finally:
+                self._baton.release(HOLDER)
+            if outcome == "disconnect":
+                return True
+            delay = 0 if outcome == "job" else self._interval + random.uniform(0, self._interval)
+        return False
+
+    async def _ping_once(self) -> str:
+        try:
+            response = await self._client.ping()
+        except (httpx.TransportError, APIError) as exc:
+            if not is_retryable(exc):
+                raise
+            log.warning("%s: ping failed: %s", self._name, exc)
+            return "error"
+        if response.action == p.PingAction.DISCONNECT:
+            log.info("%s: the server asked this agent to disconnect", self._name)
+            return "disconnect"
+        if response.job is None:
+            return "idle"
+        await self._on_job(response.job.id)
+        return "job"

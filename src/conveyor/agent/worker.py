@@ -6,7 +6,7 @@ import logging
 import os
 import platform
 import socket
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,11 +17,16 @@ from anyio.abc import TaskStatus
 
 from conveyor import __version__
 from conveyor import protocol as p
+from conveyor.agent.actions import ActionLoop
+from conveyor.agent.baton import Baton
+from conveyor.agent.debouncer import Debouncer
 from conveyor.agent.heartbeat import heartbeat_loop
 from conveyor.agent.jobenv import job_process_env
 from conveyor.agent.ping import PingLoop
+from conveyor.agent.stream import StreamHealth, StreamLoop
 from conveyor.client import AgentClient, JobClient
 from conveyor.errors import APIError, JobGoneError
+from conveyor.protocol import PingMode
 from conveyor.runner import JobRun, JobRunner, OutputTee
 
 log = logging.getLogger("conveyor.agent")
@@ -44,6 +49,7 @@ class WorkerOptions:
     shell: str = "/bin/bash -e -c"
     use_pty: bool = True
     ping_interval: int = 0  # 0: the server's
+    ping_mode: PingMode = "auto"
     cancel_grace: float = 10.0
     disconnect_after_job: bool = False
     # `conveyor run` runs jobs in the working tree itself instead of a checkout.
@@ -64,6 +70,8 @@ class AgentWorker:
         self._registration = AgentClient(http, options.registration_token)
         self._tee = tee
         self._ping: PingLoop | None = None
+        self._actions: ActionLoop | None = None
+        self._job_id: str | None = None
         self._runner: JobRunner | None = None
         self._in_job = False
         self._pending_cancel: p.SignalReason | None = None
@@ -78,6 +86,8 @@ class AgentWorker:
         self._stop_requested = True
         if self._ping is not None:
             self._ping.stop()
+        if self._actions is not None:
+            self._actions.stop()
 
     def cancel_job(self, reason: p.SignalReason = p.SignalReason.AGENT_STOP) -> None:
         """Cancel the running job; a job still being accepted or started is cancelled as soon
@@ -106,26 +116,40 @@ class AgentWorker:
         await client.connect()
         log.info("%s: registered as %s and connected", self.name, registered.id)
         interval = opts.ping_interval or registered.ping_interval
-        self._ping = PingLoop(
+        baton, debouncer, health = Baton(), Debouncer(), StreamHealth()
+
+        async def on_job(job_id: str) -> None:
+            await self._run_job(client, job_id)
+
+        self._ping = PingLoop(client, interval, on_job, name=self.name, baton=baton)
+        self._actions = ActionLoop(debouncer, health, baton, on_job, name=self.name)
+        stream = StreamLoop(
             client,
-            interval,
-            lambda job_id: self._run_job(client, job_id),
+            debouncer,
+            health,
             name=self.name,
-            disconnect_after_job=opts.disconnect_after_job,
+            stream_only=opts.ping_mode == "stream-only",
+            on_cancel=self._cancel_by_server,
         )
         if self._stop_requested:
-            self._ping.stop()
+            self.stop()
         task_status.started()
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(heartbeat_loop, client, registered.heartbeat_interval, self.name)
+                if opts.ping_mode != "ping-only":
+                    tg.start_soon(stream.run)
                 try:
-                    await self._ping.run()
-                except APIError as exc:
+                    async with anyio.create_task_group() as loops:
+                        if opts.ping_mode != "stream-only":
+                            loops.start_soon(self._serve, self._ping.run)
+                        if opts.ping_mode != "ping-only":
+                            loops.start_soon(self._serve, self._actions.run)
+                except* APIError as group:
                     # The server refuses this worker (its token was revoked, say): it stops;
                     # the pool's other workers go on.
-                    self.failure = str(exc)
-                    log.error("%s: stopping: %s", self.name, exc)
+                    self.failure = "; ".join(str(e) for e in group.exceptions)
+                    log.error("%s: stopping: %s", self.name, self.failure)
                 tg.cancel_scope.cancel()
         finally:
             with anyio.CancelScope(shield=True), anyio.move_on_after(DISCONNECT_DEADLINE_S):
@@ -135,13 +159,27 @@ class AgentWorker:
                 except (httpx.TransportError, APIError) as exc:
                     log.warning("%s: disconnect failed: %s", self.name, exc)
 
+    async def _serve(self, loop: Callable[[], Awaitable[bool]]) -> None:
+        """Run a dispatch loop; when the server asks to disconnect, the whole worker stops."""
+        if await loop():
+            self.stop()
+
+    def _cancel_by_server(self, job_id: str) -> None:
+        if self._job_id == job_id:
+            self.cancel_job(p.SignalReason.CANCEL)
+
     async def _run_job(self, client: AgentClient, job_id: str) -> None:
         self._in_job = True
+        self._job_id = job_id
         try:
             await self._accept_and_run(client, job_id)
         finally:
             self._in_job = False
+            self._job_id = None
             self._pending_cancel = None
+        if self.options.disconnect_after_job:
+            log.info("%s: disconnecting after one job, as configured", self.name)
+            self.stop()
 
     async def _accept_and_run(self, client: AgentClient, job_id: str) -> None:
         try:

@@ -37,6 +37,12 @@ def agent() -> None:
     help="Where jobs run: <build-path>/<agent-name>/<pipeline>.  [default: ~/.conveyor/builds]",
 )
 @click.option("--shell", help="Shell that runs each command.  [default: /bin/bash -e -c]")
+@click.option(
+    "--ping-mode",
+    type=click.Choice(["auto", "ping-only", "stream-only"]),
+    help="How jobs arrive: a stream the server pushes on, pings, or the stream with pings "
+    "as a fallback.  [default: auto]",
+)
 @click.option("--ping-interval", help="Seconds between pings (integer, ≥ 2; 0 = the server's).")
 @click.option(
     "--cancel-grace-period",
@@ -91,6 +97,7 @@ async def _start(cfg: AgentSettings) -> None:
             shell=cfg.shell,
             use_pty=not cfg.no_pty,
             ping_interval=cfg.ping_interval,
+            ping_mode=cfg.ping_mode,
             cancel_grace=cfg.cancel_grace_period,
             disconnect_after_job=cfg.disconnect_after_job,
         ),

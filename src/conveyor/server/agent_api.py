@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import zlib
+from collections.abc import AsyncIterator
 from typing import Annotated
 
+import anyio
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi.responses import StreamingResponse
 
 from conveyor import protocol as p
 from conveyor.errors import ConflictError, InvalidStateError, NotFoundError
@@ -73,6 +76,58 @@ async def disconnect(request: Request, token: AgentToken) -> None:
         await tx.revoke_agent_tokens(agent_id)
     for build_id in builds:
         ctx.notifier.notify(f"build:{build_id}")
+    ctx.streams.kick()
+
+
+@router.get(
+    "/stream",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"application/x-ndjson": {}}}},
+)
+async def stream(request: Request, token: AgentToken) -> StreamingResponse:
+    """One long-lived stream per worker: newline-delimited `StreamMessage` JSON.
+
+    It opens with `resume`, then carries `job_assigned`, `cancel_job`, `pause`, `resume` and
+    `disconnect` as they happen, and a `keepalive` whenever nothing happened for
+    `STREAM_KEEPALIVE_S` seconds, so a dead stream is noticed within seconds.
+    """
+    ctx = context(request)
+    agent_id = _agent_id(token)
+    async with ctx.store.transaction() as tx:
+        await tx.touch_agent(agent_id)
+        agent = await tx.get_agent(agent_id)
+        held = await tx.jobs_of_agent(agent_id, ["assigned", "accepted", "running", "canceling"])
+    messages = ctx.streams.open(agent, busy=bool(held))
+
+    async def body() -> AsyncIterator[bytes]:
+        try:
+            yield _line(p.StreamMessage(type=p.StreamMessageType.RESUME))
+            # A job assigned before this stream opened (by a ping, or to a stream that broke)
+            # is offered again: the agent accepts what it has not accepted yet.
+            for job in held:
+                if job.state == "assigned":
+                    yield _line(
+                        p.StreamMessage(
+                            type=p.StreamMessageType.JOB_ASSIGNED, job=p.JobRef(id=job.id)
+                        )
+                    )
+            while True:
+                with anyio.move_on_after(p.STREAM_KEEPALIVE_S):
+                    try:
+                        message = await messages.receive()
+                    except (anyio.EndOfStream, anyio.ClosedResourceError):
+                        return  # replaced by a newer stream, or the server is stopping
+                    yield _line(message)
+                    continue
+                yield _line(p.StreamMessage(type=p.StreamMessageType.KEEPALIVE))
+        finally:
+            ctx.streams.close(agent_id, messages)
+
+    return StreamingResponse(body(), media_type="application/x-ndjson")
+
+
+def _line(message: p.StreamMessage) -> bytes:
+    return message.model_dump_json(exclude_defaults=True).encode() + b"\n"
 
 
 @router.post("/heartbeat", response_model=p.HeartbeatResponse)
@@ -120,6 +175,7 @@ async def accept(job_id: str, request: Request, token: AgentToken) -> p.JobSpec:
         agent = await tx.get_agent(agent_id)
         build = await tx.get_build(job.build_id)
         token_value = await tx.create_token("job", job_id=job_id)
+    ctx.streams.busy(agent_id)
     step = next(s for s in build.steps if s.id == job.step_id)
     return p.JobSpec(
         id=job.id,
@@ -232,7 +288,13 @@ async def finish(job_id: str, body: p.FinishRequest, request: Request, _: JobTok
         except InvalidStateError as exc:
             raise HTTPException(409, str(exc)) from None
         await tx.revoke_job_tokens(job_id)
+        agent = None
         if job.agent_id is not None:
             await tx.set_agent_job(job.agent_id, None, succeeded=body.exit_status == 0)
+            agent = await tx.get_agent(job.agent_id)
         await scheduler.advance_build(tx, job.build_id)
     ctx.notifier.notify(f"build:{job.build_id}")
+    if agent is not None:
+        ctx.streams.job_done(agent)
+    else:
+        ctx.streams.kick()

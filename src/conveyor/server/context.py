@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import anyio
 
 from conveyor.server.events import Notifier
+from conveyor.server.streams import StreamHub
 from conveyor.storage import Store
 
 
@@ -26,3 +27,7 @@ class ServerContext:
     # Set when the server begins to stop, so long polls answer at once instead of holding
     # up a graceful shutdown.
     stopping: anyio.Event = field(default_factory=anyio.Event)
+    streams: StreamHub = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.streams = StreamHub(self.store, match_any_agent=self.match_any_agent)

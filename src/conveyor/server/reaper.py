@@ -21,6 +21,25 @@ from conveyor.storage.queries.base import utcnow
 log = logging.getLogger("conveyor.server")
 
 
+# An agent that was handed a job and did not accept it within this long lost the job.
+ASSIGNMENT_TIMEOUT_S = 30.0
+
+
+async def expire_assignments(ctx: ServerContext, older_than: float = ASSIGNMENT_TIMEOUT_S) -> int:
+    """Jobs assigned but never accepted go back to the queue, for another agent to take."""
+    cutoff = utcnow() - timedelta(seconds=older_than)
+    async with ctx.store.transaction() as tx:
+        expired = await tx.stale_assignments(cutoff)
+        for job in expired:
+            if await tx.transition_job(job.id, ["assigned"], "scheduled", agent_id=None):
+                if job.agent_id is not None:
+                    await tx.set_agent_job(job.agent_id, None)
+                log.warning("job %s was not accepted in %ss: offered again", job.id, older_than)
+    if expired:
+        ctx.streams.kick()
+    return len(expired)
+
+
 async def reap_once(ctx: ServerContext, lost_after: float) -> list[str]:
     """Mark lost agents and settle their jobs; returns the ids of the agents marked lost."""
     cutoff = utcnow() - timedelta(seconds=lost_after)
@@ -37,12 +56,15 @@ async def reap_once(ctx: ServerContext, lost_after: float) -> list[str]:
         lost.append(agent.id)
         for build_id in builds:
             ctx.notifier.notify(f"build:{build_id}")
+    if lost:
+        ctx.streams.kick()
     return lost
 
 
 async def reaper_loop(ctx: ServerContext, lost_after: float) -> None:
     # Checking four times per timeout bounds how late a loss is noticed to a quarter of it.
-    interval = max(0.5, lost_after / 4)
+    interval = max(0.5, min(lost_after / 4, ASSIGNMENT_TIMEOUT_S / 3))
     while True:
         await anyio.sleep(interval)
         await reap_once(ctx, lost_after)
+        await expire_assignments(ctx)

@@ -96,6 +96,7 @@ async def create_build(
         )
         build = await scheduler.advance_build(tx, build_id)
     ctx.notifier.notify(f"build:{build.id}")
+    ctx.streams.kick()
     return build, list(pipeline.warnings)
 
 
@@ -179,6 +180,14 @@ async def cancel_build(slug: str, number: int, request: Request) -> p.BuildOut:
             raise HTTPException(404, str(exc)) from None
         build = await scheduler.cancel_build(tx, build.id)
     ctx.notifier.notify(f"build:{build.id}")
+    # Agents running the build's jobs are told at once; without a stream they find out from
+    # the job's state.
+    for job in build.jobs:
+        if job.state == "canceling" and job.agent_id is not None:
+            ctx.streams.push(
+                job.agent_id,
+                p.StreamMessage(type=p.StreamMessageType.CANCEL_JOB, job=p.JobRef(id=job.id)),
+            )
     return build_out(build)
 
 

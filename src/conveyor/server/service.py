@@ -154,6 +154,7 @@ async def run_server(
         async with anyio.create_task_group() as tg:
             tg.start_soon(serve)
             tg.start_soon(reaper_loop, ctx, settings.agent_lost_timeout)
+            tg.start_soon(ctx.streams.run)
             task_status.started(
                 ServerHandle(
                     url=base_url,
@@ -167,6 +168,7 @@ async def run_server(
                 await anyio.sleep_forever()
             finally:
                 ctx.stopping.set()
+                ctx.streams.close_all()
                 server.should_exit = True
     finally:
         sock.close()

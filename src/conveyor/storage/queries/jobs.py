@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select, update
@@ -127,6 +128,12 @@ class JobQueries(QueryBase):
             )
         ).first()
         return None if r is None else job_row(r)
+
+    async def stale_assignments(self, before: datetime) -> list[JobRow]:
+        rows = await self.conn.execute(
+            select(t.jobs).where(t.jobs.c.state == "assigned", t.jobs.c.assigned_at < before)
+        )
+        return [job_row(r) for r in rows]
 
     async def jobs_of_agent(self, agent_id: str, states: Iterable[str]) -> list[JobRow]:
         rows = await self.conn.execute(

@@ -251,6 +251,11 @@ class JobOut(_Model):
     signal: str | None
     signal_reason: str | None
     passed: bool
+    waiting_for: str | None = Field(
+        default=None,
+        description="for a runnable job that no connected agent can take: what it waits for, "
+        "e.g. 'waiting for an agent with queue=gpu'",
+    )
     log_size: int
     chunks_failed_count: int
     created_at: datetime

@@ -32,6 +32,8 @@ def job_outcome(job: p.JobOut) -> str:
 def describe(job: p.JobOut) -> str:
     outcome = job_outcome(job)
     text = f"{_MARKS.get(outcome, ' ')} {job.label}: {outcome}"
+    if outcome == "waiting" and job.waiting_for:
+        text += f" ({job.waiting_for})"
     if job.exit_status is not None and outcome in ("passed", "failed", "canceled"):
         text += f" (exit status {job.exit_status}"
         if job.signal_reason:
@@ -56,7 +58,12 @@ class BuildReporter:
     def update(self, build: p.BuildOut) -> None:
         for job in build.jobs:
             outcome = job_outcome(job)
-            if outcome == "waiting" or self._seen.get(job.id) == outcome:
+            if outcome == "waiting":
+                # Said once when no connected agent can take the job: else a wait looks hung.
+                if not job.waiting_for or self._seen.get(job.id) == job.waiting_for:
+                    continue
+                outcome = job.waiting_for
+            if self._seen.get(job.id) == outcome:
                 continue
             self._seen[job.id] = outcome
             print(describe(job), file=self.out, flush=True)

@@ -103,3 +103,53 @@ def _state(pid: int) -> str:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except FileNotFoundError:
         return "Z"
+
+
+async def test_a_job_no_agent_can_take_says_what_it_waits_for(
+    database_url: str, tmp_path: Path
+) -> None:
+    async with (
+        running_server(database_url, tmp_path / "srv") as server,
+        Api(server) as api,
+        running_agents(server, tmp_path / "builds", spawn=1, tags={"os": "linux"}),
+    ):
+        build = await api.create_build(
+            "steps:\n  - label: gpu\n    agents: {queue: gpu}\n    command: echo\n"
+            "  - label: any\n    command: echo ok\n"
+        )
+        r = await api.http.get(f"/api/v1/pipelines/test/builds/{build.number}")
+        jobs = {j["label"]: j for j in r.json()["jobs"]}
+        assert jobs["gpu"]["state"] == "scheduled"
+        assert jobs["gpu"]["waiting_for"] == "waiting for an agent with queue=gpu"
+        assert jobs["any"]["waiting_for"] is None
+        r = await api.http.get(f"/api/v1/jobs/{jobs['gpu']['id']}")
+        assert r.json()["waiting_for"] == "waiting for an agent with queue=gpu"
+
+
+@pytest.mark.parametrize("mode", ["auto", "ping-only"])
+async def test_canceling_a_build_stops_its_running_job(
+    database_url: str, tmp_path: Path, mode: str
+) -> None:
+    """The agent hears of the cancel (stream `cancel_job`, or polling the job's state) and
+    stops the command; the job ends canceled."""
+    pidfile = tmp_path / "pid"
+    async with (
+        running_server(database_url, tmp_path / "srv") as server,
+        Api(server) as api,
+        running_agents(server, tmp_path / "builds", spawn=1, ping_mode=mode),
+    ):
+        build = await api.create_build(f"steps:\n  - command: echo $$ > {pidfile}; sleep 60\n")
+        with anyio.fail_after(30):
+            while not (text := await anyio.Path(pidfile).read_text() if pidfile.exists() else ""):
+                await anyio.sleep(0.05)
+        r = await api.http.post(f"/api/v1/pipelines/test/builds/{build.number}/cancel")
+        assert r.status_code == 200
+        done = await api.wait_build(build, timeout=30)
+    assert done.state == p.BuildState.CANCELED
+    (job,) = done.jobs
+    assert (job.state, job.exit_status, job.signal_reason) == (
+        p.JobState.CANCELED,
+        -1,
+        "cancel",
+    )
+    assert _state(int(text)) == "Z"

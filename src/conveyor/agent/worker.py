@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import platform
+import random
 import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -72,6 +73,7 @@ class AgentWorker:
         self._ping: PingLoop | None = None
         self._actions: ActionLoop | None = None
         self._job_id: str | None = None
+        self._job_status_interval = 1.0
         self._runner: JobRunner | None = None
         self._in_job = False
         self._pending_cancel: p.SignalReason | None = None
@@ -112,6 +114,7 @@ class AgentWorker:
             )
         )
         self.agent_id = registered.id
+        self._job_status_interval = float(registered.job_status_interval)
         client = self._registration.with_token(registered.access_token)
         await client.connect()
         log.info("%s: registered as %s and connected", self.name, registered.id)
@@ -220,7 +223,10 @@ class AgentWorker:
             runner.cancel(self._pending_cancel)
         log.info("%s: running job %s (%s)", self.name, spec.id, spec.label)
         try:
-            result = await runner.run()
+            async with anyio.create_task_group() as watch:
+                watch.start_soon(self._watch_job, job, runner)
+                result = await runner.run()
+                watch.cancel_scope.cancel()
         except BaseException:
             # Stopped from outside (the agent is going down): the job still gets its last word.
             await self._finish(job, exit_status=-1, reason=p.SignalReason.AGENT_STOP)
@@ -236,6 +242,26 @@ class AgentWorker:
             chunks_failed_count=result.chunks_failed_count,
         )
         log.info("%s: job %s exited with %s", self.name, spec.id, result.exit_status)
+
+    async def _watch_job(self, job: JobClient, runner: JobRunner) -> None:
+        """Poll the job's state (interval plus jitter): a job the server is canceling, or one
+        whose token it refuses, is stopped. The stream's `cancel_job` is faster; this also
+        works without a stream and after this agent was declared lost."""
+        interval = self._job_status_interval
+        while True:
+            await anyio.sleep(interval + random.uniform(0, interval))
+            try:
+                state = (await job.state()).state
+            except JobGoneError:
+                log.warning("%s: job %s is no longer ours: stopping it", self.name, job.job_id)
+                runner.cancel(p.SignalReason.CANCEL)
+                return
+            except (httpx.TransportError, APIError):
+                continue  # the server is unreachable for now; the job goes on
+            if state in (p.JobState.CANCELING, p.JobState.CANCELED):
+                log.info("%s: job %s was canceled", self.name, job.job_id)
+                runner.cancel(p.SignalReason.CANCEL)
+                return
 
     async def _finish(
         self,

@@ -18,7 +18,8 @@ from conveyor.pipeline import parse_pipeline
 from conveyor.server import scheduler
 from conveyor.server.auth import api_token, context
 from conveyor.server.context import ServerContext
-from conveyor.storage.rows import BuildRow
+from conveyor.server.dispatcher import DEFAULT_QUEUE, matches
+from conveyor.storage.rows import AgentRow, BuildRow
 
 router = APIRouter(prefix=p.REST_PREFIX, tags=["rest"], dependencies=[Depends(api_token)])
 
@@ -30,7 +31,18 @@ _MAX_WAIT_S = 60.0
 _WAIT_SLICE_S = 1.0
 
 
-def build_out(build: BuildRow, warnings: list[str] | None = None) -> p.BuildOut:
+def waiting_for(query: dict[str, str], agents: list[AgentRow] | None) -> str | None:
+    """Why a runnable job waits, when no connected agent could take it; None otherwise."""
+    if agents is None or any(matches(query, a.tags) for a in agents):
+        return None
+    rules = {"queue": DEFAULT_QUEUE, **query}
+    return "waiting for an agent with " + ", ".join(f"{k}={v}" for k, v in sorted(rules.items()))
+
+
+def build_out(
+    build: BuildRow, warnings: list[str] | None = None, *, agents: list[AgentRow] | None = None
+) -> p.BuildOut:
+    """`agents`: the connected agents, to say which runnable jobs none of them can take."""
     step_keys = {s.id: s.key for s in build.steps}
     jobs = [
         p.JobOut(
@@ -45,6 +57,7 @@ def build_out(build: BuildRow, warnings: list[str] | None = None) -> p.BuildOut:
             signal=j.signal,
             signal_reason=j.signal_reason,
             passed=j.passed,
+            waiting_for=waiting_for(j.agent_query, agents) if j.state == "scheduled" else None,
             log_size=j.log_size,
             chunks_failed_count=j.chunks_failed_count,
             created_at=j.created_at,
@@ -134,6 +147,7 @@ async def get_build(
 ) -> p.BuildOut:
     """With `wait` and `after`, answer as soon as the build's version differs from `after`."""
     ctx = context(request)
+    agents = None if ctx.match_any_agent else await _connected_agents(ctx)
     with anyio.move_on_after(wait):
         while True:
             async with ctx.store.transaction() as tx:
@@ -141,19 +155,24 @@ async def get_build(
                     build = await tx.get_build_by_number(slug, number)
                 except NotFoundError as exc:
                     raise HTTPException(404, str(exc)) from None
-            out = build_out(build)
+            out = build_out(build, agents=agents)
             if not wait or after is None or out.version != after:
                 return out
             changed = ctx.notifier.subscribe(f"build:{build.id}")
             # Re-read once more: a change between the read above and subscribing is not lost.
             async with ctx.store.transaction() as tx:
-                out = build_out(await tx.get_build(build.id))
+                out = build_out(await tx.get_build(build.id), agents=agents)
             if out.version != after or ctx.stopping.is_set():
                 return out
             with anyio.move_on_after(_WAIT_SLICE_S):
                 await _wait_either(changed, ctx.stopping)
     async with ctx.store.transaction() as tx:
-        return build_out(await tx.get_build_by_number(slug, number))
+        return build_out(await tx.get_build_by_number(slug, number), agents=agents)
+
+
+async def _connected_agents(ctx: ServerContext) -> list[AgentRow]:
+    async with ctx.store.transaction() as tx:
+        return await tx.list_agents()
 
 
 async def _wait_either(a: anyio.Event, b: anyio.Event) -> None:
@@ -193,13 +212,15 @@ async def cancel_build(slug: str, number: int, request: Request) -> p.BuildOut:
 
 @router.get("/jobs/{job_id}", response_model=p.JobOut)
 async def get_job(job_id: str, request: Request) -> p.JobOut:
-    async with context(request).store.transaction() as tx:
+    ctx = context(request)
+    async with ctx.store.transaction() as tx:
         try:
             job = await tx.get_job(job_id)
         except NotFoundError as exc:
             raise HTTPException(404, str(exc)) from None
         build = await tx.get_build(job.build_id)
-    return next(j for j in build_out(build).jobs if j.id == job_id)
+    agents = None if ctx.match_any_agent else await _connected_agents(ctx)
+    return next(j for j in build_out(build, agents=agents).jobs if j.id == job_id)
 
 
 @router.get(

@@ -56,6 +56,8 @@ START = Backoff(attempts=7, base=1, cap=32)
 CHUNK = Backoff(attempts=12, base=1, cap=120)
 FINISH = Backoff(attempts=12, base=1, cap=120)
 STATE = Backoff(attempts=3, base=0.5, cap=2)
+# A job that waits for its dependencies is asked for again, for up to about ten minutes.
+ACQUIRE = Backoff(attempts=60, base=1, cap=10)
 
 
 async def retrying(what: str, policy: Backoff, call: Callable[[], Awaitable[R]]) -> R:
@@ -160,6 +162,21 @@ class AgentClient(_Base):
 
     async def ping(self) -> p.PingResponse:
         return await self._call("ping", PING, "GET", "/ping", p.PingResponse)
+
+    async def acquire(self, job_id: str) -> p.JobRef:
+        """Ask for one named job; waits (retrying) while it is not runnable yet (423)."""
+
+        async def once() -> p.JobRef:
+            try:
+                response = await self._request("PUT", f"/jobs/{job_id}/acquire")
+            except APIError as exc:
+                if exc.status == 423:
+                    # Not runnable yet: retry like a server error, honouring Retry-After.
+                    raise APIError(503, str(exc), retry_after=exc.retry_after) from exc
+                raise
+            return p.JobRef.model_validate_json(response.content)
+
+        return await retrying("acquire", ACQUIRE, once)
 
     async def accept(self, job_id: str) -> p.JobSpec:
         return await self._call("accept", ACCEPT, "PUT", f"/jobs/{job_id}/accept", p.JobSpec)

@@ -6,10 +6,10 @@ import httpx
 import pytest
 
 from conveyor import protocol as p
-from conveyor.errors import APIError
+from conveyor.errors import APIError, JobGoneError
 from conveyor.server.service import ServerHandle
 from tests.harness import Api
-from tests.server.drive import finish, new_agent, run_job, take_job
+from tests.server.drive import new_agent, run_job, take_job
 
 pytestmark = pytest.mark.anyio
 
@@ -22,40 +22,31 @@ async def _job_state(api: Api, job_id: str) -> tuple[p.JobState, str | None]:
 async def test_accept_of_a_job_assigned_to_another_agent_conflicts(
     server: ServerHandle, http: httpx.AsyncClient, api: Api
 ) -> None:
-    build = await api.create_build("steps:\n  - command: one\n")
+    build = await api.create_build("steps:\n  - command: one\n  - command: two\n")
     owner = await new_agent(http, server, "owner")
     thief = await new_agent(http, server, "thief")
     ping = await owner.ping()
     assert ping.job is not None and ping.job.id == build.jobs[0].id
+    # Pinging again while holding the unaccepted job gives the same job, not a second one.
+    for _ in range(2):
+        again = await owner.ping()
+        assert again.job is not None and again.job.id == ping.job.id
     with pytest.raises(APIError) as caught:
         await thief.accept(ping.job.id)
     assert caught.value.status == 409
     assert "not assigned to you" in str(caught.value)
-    state, agent_id = await _job_state(api, ping.job.id)
-    assert state == p.JobState.ASSIGNED
+    state, holder = await _job_state(api, ping.job.id)
+    assert state == p.JobState.ASSIGNED and holder is not None
     # The owner still can.
     spec = await owner.accept(ping.job.id)
     assert spec.id == ping.job.id
     # A scheduled job nobody was given cannot be accepted either.
-    waiting = (await api.create_build("steps:\n  - command: two\n")).jobs[0].id
     with pytest.raises(APIError) as caught:
-        await thief.accept(waiting)
+        await thief.accept(build.jobs[1].id)
     assert caught.value.status == 409
-
-
-async def test_ping_while_holding_an_assigned_job_returns_the_same_job(
-    server: ServerHandle, http: httpx.AsyncClient, api: Api
-) -> None:
-    await api.create_build("steps:\n  - command: one\n  - command: two\n  - command: three\n")
-    agent = await new_agent(http, server, "a1")
-    first = await agent.ping()
-    assert first.job is not None
-    for _ in range(3):
-        again = await agent.ping()
-        assert again.job is not None and again.job.id == first.job.id
-    # Another agent gets another job.
-    other = await (await new_agent(http, server, "a2")).ping()
-    assert other.job is not None and other.job.id != first.job.id
+    # The thief gets the other job by asking for work.
+    offered = await thief.ping()
+    assert offered.job is not None and offered.job.id == build.jobs[1].id
 
 
 async def test_disconnect_returns_an_unaccepted_job_to_the_queue(
@@ -71,6 +62,10 @@ async def test_disconnect_returns_an_unaccepted_job_to_the_queue(
 
     await leaver.disconnect()
     assert await _job_state(api, job_id) == (p.JobState.SCHEDULED, None)
+    # The agent's token went with it.
+    with pytest.raises(APIError) as caught:
+        await leaver.ping()
+    assert caught.value.status == 401
     agents = (await api.http.get("/api/v1/agents", params={"all": True})).json()
     assert [(a["name"], a["state"], a["current_job_id"]) for a in agents] == [
         ("leaver", "disconnected", None)
@@ -84,6 +79,32 @@ async def test_disconnect_returns_an_unaccepted_job_to_the_queue(
     )
     assert done.state == p.BuildState.PASSED
     assert await api.log(job_id) == b"ran elsewhere\r\n"
+
+
+async def test_disconnect_while_running_finishes_the_job_as_agent_stop(
+    server: ServerHandle, http: httpx.AsyncClient, api: Api
+) -> None:
+    build = await api.create_build("steps:\n  - command: one\n  - wait\n  - command: two\n")
+    agent = await new_agent(http, server, "quitter")
+    spec, job = await take_job(agent)
+    await job.start()
+    await job.upload_chunk(1, 0, b"half")
+    await agent.disconnect()
+    done = p.BuildOut.model_validate(
+        (await api.http.get(f"/api/v1/pipelines/test/builds/{build.number}")).json()
+    )
+    assert done.state == p.BuildState.FAILED
+    first, second = done.jobs
+    assert (first.state, first.exit_status, first.signal_reason) == (
+        p.JobState.FINISHED,
+        -1,
+        "agent_stop",
+    )
+    assert second.state == p.JobState.SKIPPED
+    # Its job token went with it.
+    with pytest.raises(JobGoneError):
+        await job.finish(p.FinishRequest(exit_status=0, finished_at=done.created_at))
+    assert await api.log(spec.id) == b"half"
 
 
 async def test_jobs_go_to_agents_whose_tags_match(
@@ -111,16 +132,9 @@ steps:
     assert gpu_ping.job is not None and gpu_ping.job.id == jobs["gpu-linux"]
     mac_ping = await mac.ping()
     assert mac_ping.job is not None and mac_ping.job.id == jobs["mac"]
-
-
-async def test_finished_agent_gets_the_next_job(
-    server: ServerHandle, http: httpx.AsyncClient, api: Api
-) -> None:
-    build = await api.create_build("steps:\n  - command: one\n  - command: two\n")
-    agent = await new_agent(http, server, "solo")
-    spec, job = await take_job(agent)
-    await job.start()
-    await finish(job, 0)
-    second = await run_job(agent)
-    assert {spec.id, second.id} == {j.id for j in build.jobs}
-    assert (await agent.ping()).job is None
+    # A default-queue job goes to the agent without a queue tag, once it is free.
+    more = await api.create_build("steps:\n  - command: one\n  - command: two\n")
+    first = await run_job(plain)
+    second = await run_job(plain)
+    assert {first.id, second.id} == {j.id for j in more.jobs}
+    assert (await plain.ping()).job is None

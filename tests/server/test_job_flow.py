@@ -152,34 +152,6 @@ async def test_full_job_flow(server: ServerHandle, http: httpx.AsyncClient, api:
     assert (await agent.ping()).job is None
 
 
-async def test_failing_exit_status_fails_the_build(
-    server: ServerHandle, http: httpx.AsyncClient, api: Api
-) -> None:
-    build = await api.create_build("steps:\n  - command: exit 3\n")
-    agent = await new_agent(http, server, "a1")
-    spec, job = await take_job(agent)
-    await job.start()
-    await job.finish(
-        p.FinishRequest(
-            exit_status=-1,
-            signal="SIGKILL",
-            signal_reason=p.SignalReason.AGENT_STOP,
-            finished_at=build.created_at,
-            chunks_failed_count=2,
-        )
-    )
-    done = await _get_build(api, build)
-    assert done.state == p.BuildState.FAILED
-    [out] = done.jobs
-    assert (out.exit_status, out.signal, out.signal_reason, out.passed) == (
-        -1,
-        "SIGKILL",
-        "agent_stop",
-        False,
-    )
-    assert out.chunks_failed_count == 2
-
-
 async def test_a_job_token_is_scoped_to_its_job(
     server: ServerHandle, http: httpx.AsyncClient, api: Api
 ) -> None:
@@ -207,141 +179,137 @@ async def test_a_job_token_is_scoped_to_its_job(
     assert r.status_code == 401
 
 
-async def test_state_machine_refuses_out_of_order_calls(
+async def test_out_of_order_calls_and_a_failing_finish(
     server: ServerHandle, http: httpx.AsyncClient, api: Api
 ) -> None:
-    await api.create_build("steps:\n  - command: one\n")
+    build = await api.create_build("steps:\n  - command: exit 3\n")
     agent = await new_agent(http, server, "a1")
-    spec, job = await take_job(agent)
-    # Accepting twice: the job is no longer assigned.
-    with pytest.raises(APIError) as caught:
-        await agent.accept(spec.id)
-    assert caught.value.status == 409
-    await job.start()
-    with pytest.raises(APIError) as caught:
-        await job.start()
-    assert caught.value.status == 409
-    assert "running" in str(caught.value)
-    await finish(job, 0)
     with pytest.raises(APIError) as caught:
         await agent.accept("no-such-job")
     assert caught.value.status == 404
-
-
-async def test_log_gaps_are_counted(server: ServerHandle, http: httpx.AsyncClient, api: Api) -> None:
-    build = await api.create_build("steps:\n  - command: one\n")
-    _, job = await take_job(await new_agent(http, server, "a1"))
+    first_spec, first_job = await take_job(agent)
+    # Accepting again (a retry whose answer was lost): the same job with a fresh token; the
+    # first token is revoked.
+    spec = await agent.accept(first_spec.id)
+    assert spec.id == first_spec.id
+    assert spec.token != first_spec.token
+    with pytest.raises(JobGoneError):
+        await first_job.state()
+    job = agent.job_client(spec)
+    # Starting twice (a retry as well) is harmless.
     await job.start()
-    await job.upload_chunk(1, 0, b"aaaa")
-    await job.upload_chunk(3, 8, b"cccc")  # the chunk at 4 never arrives
-    await job.upload_chunk(4, 12, b"dd")
-    await finish(job, 0)
-    r = await api.http.get(f"/api/v1/jobs/{build.jobs[0].id}/log")
-    assert r.content == b"aaaaccccdd"
-    assert (r.headers["x-conveyor-log-gaps"], r.headers["x-conveyor-log-size"]) == ("1", "14")
-    assert (await api.http.get("/api/v1/jobs/no-such-job/log")).status_code == 404
+    await job.start()
+    assert (await job.state()).state == p.JobState.RUNNING
+    # But a running job is not accepted again.
+    with pytest.raises(APIError) as caught:
+        await agent.accept(spec.id)
+    assert caught.value.status == 409
+    assert "running" in str(caught.value)
+
+    await job.finish(
+        p.FinishRequest(
+            exit_status=-1,
+            signal="SIGKILL",
+            signal_reason=p.SignalReason.AGENT_STOP,
+            finished_at=build.created_at,
+            chunks_failed_count=2,
+        )
+    )
+    done = await _get_build(api, build)
+    assert done.state == p.BuildState.FAILED
+    [out] = done.jobs
+    assert (out.exit_status, out.signal, out.signal_reason, out.passed) == (
+        -1,
+        "SIGKILL",
+        "agent_stop",
+        False,
+    )
+    assert out.chunks_failed_count == 2
 
 
-async def test_long_log_is_streamed_whole_and_in_order(
+async def test_log_is_served_whole_in_offset_order_with_gaps_counted(
     server: ServerHandle, http: httpx.AsyncClient, api: Api
 ) -> None:
-    """More chunks than the log endpoint reads per query, uploaded in reverse."""
-    build = await api.create_build("steps:\n  - command: one\n")
-    _, job = await take_job(await new_agent(http, server, "a1"))
-    await job.start()
-    chunks = [bytes([65 + i % 26]) * (100 + i) for i in range(12)]
+    build = await api.create_build("steps:\n  - command: long\n  - command: gappy\n")
+    long_spec, long_job = await take_job(await new_agent(http, server, "a1"))
+    gappy_spec, gappy_job = await take_job(await new_agent(http, server, "a2"))
+    assert {long_spec.id, gappy_spec.id} == {j.id for j in build.jobs}
+
+    # More chunks than the log endpoint reads per query, uploaded in reverse.
+    await long_job.start()
+    chunks = [bytes([65 + i]) * (100 + i) for i in range(12)]
     offsets = [sum(len(c) for c in chunks[:i]) for i in range(len(chunks))]
     for i in reversed(range(len(chunks))):
-        await job.upload_chunk(i + 1, offsets[i], chunks[i])
+        await long_job.upload_chunk(i + 1, offsets[i], chunks[i])
+    await finish(long_job, 0)
+    r = await api.http.get(f"/api/v1/jobs/{long_spec.id}/log")
+    assert r.content == b"".join(chunks)
+    assert r.headers["x-conveyor-log-gaps"] == "0"
+    assert r.headers["content-type"] == "application/octet-stream"
+
+    await gappy_job.start()
+    await gappy_job.upload_chunk(1, 0, b"aaaa")
+    await gappy_job.upload_chunk(3, 8, b"cccc")  # the chunk at 4 never arrives
+    await gappy_job.upload_chunk(4, 12, b"dd")
+    await finish(gappy_job, 0)
+    r = await api.http.get(f"/api/v1/jobs/{gappy_spec.id}/log")
+    assert r.content == b"aaaaccccdd"
+    assert (r.headers["x-conveyor-log-gaps"], r.headers["x-conveyor-log-size"]) == ("1", "14")
+
+
+async def test_chunk_upload_rules(server: ServerHandle, http: httpx.AsyncClient, api: Api) -> None:
+    await api.create_build("steps:\n  - command: one\n")
+    spec, job = await take_job(await new_agent(http, server, "a1"))
+    url = f"/agent/v1/jobs/{spec.id}/chunks"
+    auth = {"Authorization": f"Token {spec.token}"}
+
+    # Accepted, not yet started: the agent may already send its own setup output.
+    assert (await job.upload_chunk(1, 0, b"setup\r\n")).stored
+    await job.start()
+
+    r = await http.post(
+        url, params={"sequence": 2, "offset": 7, "size": 10}, content=b"12345", headers=auth
+    )
+    assert r.status_code == 400
+    assert r.json()["message"] == "size says 10 bytes but the body has 5"
+    for bad in [{"sequence": 0, "offset": 7, "size": 0}, {"sequence": 2, "offset": -1}]:
+        r = await http.post(url, params=bad, content=b"", headers=auth)
+        assert r.status_code == 422, bad
+    # Over the chunk size limit the server told the agent in JobSpec.
+    big = b"x" * (spec.chunks_max_size_bytes + 1)
+    r = await http.post(
+        url, params={"sequence": 2, "offset": 7, "size": len(big)}, content=big, headers=auth
+    )
+    assert r.status_code == 413
+
+    # gzip: `size` counts the bytes after decompression.
+    data = b"compressed line\r\n" * 50
+    gzip_headers = {**auth, "Content-Encoding": "gzip", "Content-Type": "application/octet-stream"}
+    r = await http.post(
+        url,
+        params={"sequence": 2, "offset": 7, "size": len(data)},
+        content=gzip.compress(data),
+        headers=gzip_headers,
+    )
+    assert r.status_code == 200, r.text
+    assert p.ChunkAck.model_validate(r.json()) == p.ChunkAck(
+        sequence=2, offset=7, size=len(data), stored=True
+    )
+    # The same chunk again, uncompressed this time: recognised as the same chunk.
+    assert (await job.upload_chunk(2, 7, data)).stored is False
+    end = 7 + len(data)
+    r = await http.post(
+        url, params={"sequence": 3, "offset": end, "size": 4}, content=b"nope", headers=gzip_headers
+    )
+    assert r.status_code == 400
+    assert "gzip" in r.json()["message"]
+
+    # Another chunk at a stored offset: a conflict, not a job gone.
+    with pytest.raises(APIError) as caught:
+        await job.upload_chunk(3, 7, b"other")
+    assert caught.value.status == 409
+    assert not isinstance(caught.value, JobGoneError)
+
     await finish(job, 0)
-    assert await api.log(build.jobs[0].id) == b"".join(chunks)
-
-
-class TestChunkUploads:
-    """Chunk uploads on the wire: sizes, encodings, conflicts."""
-
-    async def _running_job(
-        self, server: ServerHandle, http: httpx.AsyncClient, api: Api
-    ) -> tuple[p.JobSpec, JobClient]:
-        await api.create_build("steps:\n  - command: one\n")
-        spec, job = await take_job(await new_agent(http, server, "a1"))
-        await job.start()
-        return spec, job
-
-    async def test_size_must_match_the_body(
-        self, server: ServerHandle, http: httpx.AsyncClient, api: Api
-    ) -> None:
-        spec, _ = await self._running_job(server, http, api)
-        url = f"/agent/v1/jobs/{spec.id}/chunks"
-        headers = {"Authorization": f"Token {spec.token}"}
-        r = await http.post(
-            url, params={"sequence": 1, "offset": 0, "size": 10}, content=b"12345", headers=headers
-        )
-        assert r.status_code == 400
-        assert r.json()["message"] == "size says 10 bytes but the body has 5"
-        for bad in [{"sequence": 0, "offset": 0, "size": 0}, {"sequence": 1, "offset": -1}]:
-            r = await http.post(url, params=bad, content=b"", headers=headers)
-            assert r.status_code == 422, bad
-        # Over the chunk size limit the server told the agent in JobSpec.
-        big = b"x" * (spec.chunks_max_size_bytes + 1)
-        r = await http.post(
-            url, params={"sequence": 1, "offset": 0, "size": len(big)}, content=big, headers=headers
-        )
-        assert r.status_code == 413
-        assert (await api.http.get(f"/api/v1/jobs/{spec.id}")).json()["log_size"] == 0
-
-    async def test_gzip_body_is_accepted(
-        self, server: ServerHandle, http: httpx.AsyncClient, api: Api
-    ) -> None:
-        spec, job = await self._running_job(server, http, api)
-        url = f"/agent/v1/jobs/{spec.id}/chunks"
-        data = b"compressed line\r\n" * 50
-        headers = {
-            "Authorization": f"Token {spec.token}",
-            "Content-Encoding": "gzip",
-            "Content-Type": "application/octet-stream",
-        }
-        r = await http.post(
-            url,
-            params={"sequence": 1, "offset": 0, "size": len(data)},
-            content=gzip.compress(data),
-            headers=headers,
-        )
-        assert r.status_code == 200, r.text
-        assert p.ChunkAck.model_validate(r.json()).stored is True
-        # The same chunk again, uncompressed this time: recognised as the same chunk.
-        assert (await job.upload_chunk(1, 0, data)).stored is False
-        r = await http.post(
-            url,
-            params={"sequence": 2, "offset": len(data), "size": 4},
-            content=b"nope",
-            headers=headers,
-        )
-        assert r.status_code == 400
-        assert "gzip" in r.json()["message"]
-        await finish(job, 0)
-        assert await api.log(spec.id) == data
-
-    async def test_a_different_chunk_at_a_stored_offset_conflicts(
-        self, server: ServerHandle, http: httpx.AsyncClient, api: Api
-    ) -> None:
-        spec, job = await self._running_job(server, http, api)
-        await job.upload_chunk(1, 0, b"first")
-        with pytest.raises(APIError) as caught:
-            await job.upload_chunk(2, 0, b"other")
-        assert caught.value.status == 409
-        assert not isinstance(caught.value, JobGoneError)
-        await finish(job, 0)
-        assert await api.log(spec.id) == b"first"
-
-    async def test_chunks_are_taken_before_start(
-        self, server: ServerHandle, http: httpx.AsyncClient, api: Api
-    ) -> None:
-        await api.create_build("steps:\n  - command: one\n")
-        spec, job = await take_job(await new_agent(http, server, "a1"))
-        # Accepted, not yet started: the agent may already stream its own setup output.
-        assert (await job.upload_chunk(1, 0, b"setup\r\n")).stored
-        await job.start()
-        await job.upload_chunk(2, 7, b"run\r\n")
-        await finish(job, 0)
-        assert await api.log(spec.id) == b"setup\r\nrun\r\n"
+    assert await api.log(spec.id) == b"setup\r\n" + data
+    assert (await api.http.get(f"/api/v1/jobs/{spec.id}")).json()["log_size"] == end

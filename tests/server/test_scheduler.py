@@ -77,6 +77,7 @@ async def test_steps_after_a_wait_stay_pending_until_the_earlier_ones_finish(
     assert await driver.states() == {"a": "scheduled", "b": "scheduled", "c": "pending"}
     assert not await driver.offered("c")
 
+    assert build.started_at is None
     await driver.run("a")
     assert await driver.states() == {"a": "finished", "b": "scheduled", "c": "pending"}
     assert (await driver.refresh()).state == p.BuildState.RUNNING
@@ -87,6 +88,9 @@ async def test_steps_after_a_wait_stay_pending_until_the_earlier_ones_finish(
     assert build.state == p.BuildState.PASSED
     assert all(j.passed for j in build.jobs)
     assert build.finished_at is not None and build.started_at is not None
+    # A build of waits only has nothing to run: it passes at once.
+    build = await driver.create(steps("- wait", "- wait"))
+    assert (build.jobs, build.state) == ([], p.BuildState.PASSED)
 
 
 async def test_a_failure_before_a_wait_skips_what_follows(driver: Driver) -> None:
@@ -120,9 +124,8 @@ async def test_continue_on_failure_lets_later_steps_run(driver: Driver) -> None:
     await driver.run("a", exit_status=2)
     assert await driver.states() == {"a": "finished", "b": "scheduled", "c": "pending"}
     await driver.run("b")
-    # The plain wait after b: b passed, but a's failure still stops c? No: c depends on b only.
-    states = await driver.states()
-    assert states["c"] == "scheduled"
+    # A wait waits for the steps since the previous wait: b passed, so c runs.
+    assert (await driver.states())["c"] == "scheduled"
     await driver.run("c")
     build = await driver.refresh()
     # Every later step ran, but a failed: the build fails.
@@ -135,7 +138,7 @@ async def test_depends_on_orders_steps(driver: Driver) -> None:
         steps(
             cmd("test", "depends_on: compile"),
             cmd("compile", "key: compile"),
-            cmd("lint"),
+            cmd("lint", "key: lint"),
             cmd("deploy", "depends_on: [compile, lint]"),
         )
     )
@@ -179,89 +182,73 @@ async def test_failed_dependency_skips_its_dependents_only(driver: Driver) -> No
     assert (await driver.refresh()).state == p.BuildState.FAILED
 
 
-async def test_build_passes_when_every_step_passes(driver: Driver) -> None:
-    build = await driver.create(steps(cmd("one"), cmd("two"), "- wait", cmd("three")))
-    assert build.started_at is None
-    for label in ["two", "one", "three"]:
-        await driver.run(label)
-    build = await driver.refresh()
-    assert build.state == p.BuildState.PASSED
-    assert [j.state for j in build.jobs] == [p.JobState.FINISHED] * 3
-
-
-async def test_a_build_of_only_waits_passes_at_once(driver: Driver) -> None:
-    build = await driver.create(steps("- wait", "- wait"))
-    assert build.jobs == []
-    assert build.state == p.BuildState.PASSED
-
-
-class TestRejectedPipelines:
-    """A rejected pipeline is a 422 naming file and line, and stores nothing."""
-
-    async def _rejected(self, api: Api, pipeline: str, filename: str = "ci/pipeline.yml") -> str:
-        before = (await api.http.get("/api/v1/builds")).json()
-        r = await api.http.post(
-            "/api/v1/pipelines/test/builds", json={"pipeline": pipeline, "filename": filename}
-        )
-        assert r.status_code == 422, r.text
-        after = (await api.http.get("/api/v1/builds")).json()
-        assert after == before
-        message: str = r.json()["message"]
-        return message
-
-    async def test_unknown_depends_on_key(self, api: Api) -> None:
-        message = await self._rejected(
-            api,
-            "steps:\n"
-            "  - command: one\n"
-            "    key: one\n"
-            "  - label: two\n"
-            "    command: two\n"
-            "    depends_on: [one, missing]\n",
-        )
-        assert message.startswith("ci/pipeline.yml:4")
-        assert "'missing'" in message
-        assert "'two'" in message
-
-    async def test_dependency_cycle(self, api: Api) -> None:
-        message = await self._rejected(
-            api,
-            "steps:\n"
-            "  - key: a\n"
-            "    command: a\n"
-            "    depends_on: b\n"
-            "  - key: b\n"
-            "    command: b\n"
-            "    depends_on: a\n",
-        )
-        assert "cycle" in message
-        assert message.startswith(("ci/pipeline.yml:2", "ci/pipeline.yml:5"))
-
-    async def test_cycle_through_a_wait(self, api: Api) -> None:
-        message = await self._rejected(
-            api,
-            "steps:\n  - key: a\n    command: a\n    depends_on: c\n  - wait\n  - key: c\n"
-            "    command: c\n",
-        )
-        assert "cycle" in message
-        assert "ci/pipeline.yml:" in message
-
-    @pytest.mark.parametrize(
-        ("pipeline", "where"),
-        [
-            ("steps:\n  - command: [unclosed\n", "ci/pipeline.yml:3"),
-            ("steps:\n  - command: a\n  -\tcommand: b\n", "ci/pipeline.yml:3"),
-            ("steps: 3\n", "ci/pipeline.yml:1"),
-            ("steps:\n  - command: a\n  - bogus: b\n", "ci/pipeline.yml:3"),
-            ("steps:\n  - command: a\n    key: x\n  - command: b\n    key: x\n", "ci/pipeline.yml:5"),
-            ("# nothing\n", "ci/pipeline.yml:1"),
-        ],
+async def _rejected(api: Api, pipeline: str, filename: str | None = "ci/pipeline.yml") -> str:
+    """Post a pipeline that must be rejected: a 422 whose message is returned."""
+    body = (
+        {"pipeline": pipeline} if filename is None else {"pipeline": pipeline, "filename": filename}
     )
-    async def test_bad_yaml(self, api: Api, pipeline: str, where: str) -> None:
-        message = await self._rejected(api, pipeline)
-        assert message.startswith(where), message
+    r = await api.http.post("/api/v1/pipelines/test/builds", json=body)
+    assert r.status_code == 422, r.text
+    message: str = r.json()["message"]
+    return message
 
-    async def test_default_filename(self, api: Api) -> None:
-        r = await api.http.post("/api/v1/pipelines/test/builds", json={"pipeline": "steps: 3"})
-        assert r.status_code == 422
-        assert r.json()["message"].startswith("pipeline.yml:1")
+
+async def test_bad_dependencies_are_rejected_naming_the_line(api: Api) -> None:
+    before = (await api.http.get("/api/v1/builds")).json()
+    message = await _rejected(
+        api,
+        "steps:\n"
+        "  - command: one\n"
+        "    key: one\n"
+        "  - label: two\n"
+        "    command: two\n"
+        "    depends_on: [one, missing]\n",
+    )
+    assert message.startswith("ci/pipeline.yml:4")
+    assert "'missing'" in message and "'two'" in message
+
+    message = await _rejected(
+        api,
+        "steps:\n"
+        "  - key: a\n"
+        "    command: a\n"
+        "    depends_on: b\n"
+        "  - key: b\n"
+        "    command: b\n"
+        "    depends_on: a\n",
+    )
+    assert "cycle" in message
+    assert message.startswith(("ci/pipeline.yml:2", "ci/pipeline.yml:5")), message
+
+    # A cycle through a wait: a → c (explicit) → wait (implicit) → a (implicit).
+    message = await _rejected(
+        api, "steps:\n  - key: a\n    command: a\n    depends_on: c\n  - wait\n  - key: c\n"
+        "    command: c\n",
+    )  # fmt: skip
+    assert "cycle" in message and message.startswith("ci/pipeline.yml:")
+    # Nothing half-stored: no build, and the next good build is number 1.
+    assert (await api.http.get("/api/v1/builds")).json() == before == []
+    assert (await api.create_build("steps:\n  - command: ok\n")).number == 1
+
+
+BAD_YAML = [
+    ("steps:\n  - command: [unclosed\n", "ci/pipeline.yml:3"),
+    ("steps:\n  - command: a\n  -\tcommand: b\n", "ci/pipeline.yml:3"),
+    ("steps: 3\n", "ci/pipeline.yml:1"),
+    ("steps:\n  - command: a\n  - bogus: b\n", "ci/pipeline.yml:3"),
+    ("steps:\n  - command: a\n    key: x\n  - command: b\n    key: x\n", "ci/pipeline.yml:5"),
+    ("# nothing\n", "ci/pipeline.yml:1"),
+    ("- wait\n- block: deploy?\n", "ci/pipeline.yml:2"),
+]
+
+
+async def test_bad_pipeline_is_rejected_naming_file_and_line(api: Api) -> None:
+    await api.create_build("steps:\n  - command: ok\n")
+    before = (await api.http.get("/api/v1/builds")).json()
+    for pipeline, where in BAD_YAML:
+        message = await _rejected(api, pipeline)
+        assert message.startswith(where), (pipeline, message)
+    message = await _rejected(api, "steps: 3", filename=None)
+    assert message.startswith("pipeline.yml:1")
+    assert (await api.http.get("/api/v1/builds")).json() == before
+    assert (await api.create_build("steps:\n  - command: ok\n")).number == 2

@@ -7,10 +7,12 @@ from collections import Counter
 
 import anyio
 import pytest
+from sqlalchemy import update
 
 from conveyor.errors import InvalidStateError, NotFoundError
 from conveyor.server.dispatcher import claim_job
 from conveyor.storage import Store
+from conveyor.storage import tables as t
 from conveyor.storage.queries.base import utcnow
 from tests.storage.builders import command_step, insert_agent, insert_build, scheduled_jobs
 
@@ -83,10 +85,6 @@ async def test_dispatch_candidates_by_priority_then_age(store: Store) -> None:
         assert [j.id for j in await tx.dispatch_candidates(10)] == [old, middle, new]
     # Priority outranks age.
     async with store.transaction() as tx:
-        from sqlalchemy import update
-
-        from conveyor.storage import tables as t
-
         await tx.conn.execute(update(t.jobs).where(t.jobs.c.id == new).values(priority=5))
     async with store.transaction() as tx:
         assert [j.id for j in await tx.dispatch_candidates(2)] == [new, old]
@@ -184,25 +182,40 @@ async def test_each_job_is_claimed_exactly_once_under_contention(store: Store) -
 
 
 async def test_an_agent_claiming_concurrently_holds_at_most_one_job(store: Store) -> None:
-    """Concurrent pings of one agent must not hand it two jobs at once."""
-    await scheduled_jobs(store, 10)
+    """Two claims for one agent at once: the second sees the job the first assigned.
+
+    More jobs wait than the dispatcher locks in one batch, so a second claim that did not wait
+    for the first would find a job of its own.
+    """
+    await scheduled_jobs(store, 20)
     async with store.transaction() as tx:
         agent = await tx.get_agent(await insert_agent(tx, "eager"))
+    first_claimed = anyio.Event()
     got: list[str] = []
 
-    async def ping() -> None:
+    async def first() -> None:
         async with store.transaction() as tx:
             job = await claim_job(tx, agent)
-        if job is not None:
+            assert job is not None
+            got.append(job.id)
+            first_claimed.set()
+            await anyio.sleep(0.3)  # the second claim is under way meanwhile
+
+    async def second() -> None:
+        await first_claimed.wait()
+        async with store.transaction() as tx:
+            job = await claim_job(tx, agent)
+            assert job is not None
             got.append(job.id)
 
-    async with anyio.create_task_group() as tg:
-        for _ in range(10):
-            tg.start_soon(ping)
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(first)
+            tg.start_soon(second)
     async with store.transaction() as tx:
         held = await tx.jobs_of_agent(agent.id, ["assigned"])
-    assert len(held) == 1
-    assert set(got) == {held[0].id}
+    assert [j.id for j in held] == got[:1]
+    assert got[0] == got[1]
 
 
 async def test_an_open_claim_does_not_starve_other_agents(
@@ -214,14 +227,7 @@ async def test_an_open_claim_does_not_starve_other_agents(
     """
     if store.backend != "postgresql":
         pytest.skip("SQLite serialises writers; concurrent claim transactions are PostgreSQL's")
-    request.applymarker(
-        pytest.mark.xfail(
-            strict=True,
-            reason="dispatch_candidates locks every candidate row (FOR UPDATE SKIP LOCKED, "
-            "LIMIT 200) for the whole claim transaction, so concurrent claims see no job",
-        )
-    )
-    await scheduled_jobs(store, 5)
+    await scheduled_jobs(store, 2)
     async with store.transaction() as tx:
         first_agent = await tx.get_agent(await insert_agent(tx, "first"))
         second_agent = await tx.get_agent(await insert_agent(tx, "second"))

@@ -53,6 +53,8 @@ class WorkerOptions:
     ping_mode: PingMode = "auto"
     cancel_grace: float = 10.0
     disconnect_after_job: bool = False
+    # Run this one job (it must be runnable, or become so), then disconnect.
+    acquire_job: str | None = None
     # `conveyor run` runs jobs in the working tree itself instead of a checkout.
     workdir: Path | None = None
 
@@ -63,7 +65,13 @@ def worker_name(template: str, index: int) -> str:
 
 class AgentWorker:
     def __init__(
-        self, options: WorkerOptions, http: httpx.AsyncClient, *, index: int, tee: Tee | None = None
+        self,
+        options: WorkerOptions,
+        http: httpx.AsyncClient,
+        *,
+        index: int,
+        tee: Tee | None = None,
+        on_busy: Callable[[AgentWorker, bool], None] | None = None,
     ):
         self.options = options
         self.index = index
@@ -82,6 +90,9 @@ class AgentWorker:
         self.jobs_run = 0
         # Why this worker stopped on its own, if the server refused it (e.g. its token).
         self.failure: str | None = None
+        # Why it stopped, when it decided so itself (see agent.hooks.REASONS).
+        self.stop_reason: str | None = None
+        self._on_busy = on_busy
 
     def stop(self) -> None:
         """Take no more jobs; finish the running one, then disconnect."""
@@ -140,14 +151,17 @@ class AgentWorker:
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(heartbeat_loop, client, registered.heartbeat_interval, self.name)
-                if opts.ping_mode != "ping-only":
+                if opts.ping_mode != "ping-only" and opts.acquire_job is None:
                     tg.start_soon(stream.run)
                 try:
                     async with anyio.create_task_group() as loops:
-                        if opts.ping_mode != "stream-only":
-                            loops.start_soon(self._serve, self._ping.run)
-                        if opts.ping_mode != "ping-only":
-                            loops.start_soon(self._serve, self._actions.run)
+                        if opts.acquire_job is not None:
+                            loops.start_soon(self._acquire, client, opts.acquire_job)
+                        else:
+                            if opts.ping_mode != "stream-only":
+                                loops.start_soon(self._serve, self._ping.run)
+                            if opts.ping_mode != "ping-only":
+                                loops.start_soon(self._serve, self._actions.run)
                 except* APIError as group:
                     # The server refuses this worker (its token was revoked, say): it stops;
                     # the pool's other workers go on.
@@ -165,7 +179,20 @@ class AgentWorker:
     async def _serve(self, loop: Callable[[], Awaitable[bool]]) -> None:
         """Run a dispatch loop; when the server asks to disconnect, the whole worker stops."""
         if await loop():
+            self.stop_reason = self.stop_reason or "requested"
             self.stop()
+
+    async def _acquire(self, client: AgentClient, job_id: str) -> bool:
+        """`--acquire-job`: run that one job, then stop. False if it could not be had."""
+        try:
+            ref = await client.acquire(job_id)
+        except (httpx.TransportError, APIError) as exc:
+            self.failure = f"could not acquire job {job_id}: {exc}"
+            log.error("%s: %s", self.name, self.failure)
+            return False
+        await self._run_job(client, ref.id)
+        self.stop_reason = "job-finished"
+        return False
 
     def _cancel_by_server(self, job_id: str) -> None:
         if self._job_id == job_id:
@@ -174,14 +201,19 @@ class AgentWorker:
     async def _run_job(self, client: AgentClient, job_id: str) -> None:
         self._in_job = True
         self._job_id = job_id
+        if self._on_busy is not None:
+            self._on_busy(self, True)
         try:
             await self._accept_and_run(client, job_id)
         finally:
             self._in_job = False
             self._job_id = None
             self._pending_cancel = None
+            if self._on_busy is not None:
+                self._on_busy(self, False)
         if self.options.disconnect_after_job:
             log.info("%s: disconnecting after one job, as configured", self.name)
+            self.stop_reason = "job-finished"
             self.stop()
 
     async def _accept_and_run(self, client: AgentClient, job_id: str) -> None:

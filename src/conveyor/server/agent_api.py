@@ -152,6 +152,35 @@ async def ping(request: Request, token: AgentToken) -> p.PingResponse:
     return p.PingResponse(job=p.JobRef(id=job.id))
 
 
+@router.put("/jobs/{job_id}/acquire", response_model=p.JobRef)
+async def acquire(job_id: str, request: Request, token: AgentToken) -> p.JobRef:
+    """Ask for one named job (`--acquire-job`): it is assigned to this agent if it is runnable.
+
+    423 (with Retry-After) while the job waits for its dependencies; 409 once it is taken,
+    running or over.
+    """
+    ctx = context(request)
+    agent_id = _agent_id(token)
+    async with ctx.store.transaction() as tx:
+        try:
+            job = await tx.get_job(job_id)
+        except NotFoundError as exc:
+            raise HTTPException(404, str(exc)) from None
+        if job.state == "assigned" and job.agent_id == agent_id:
+            return p.JobRef(id=job_id)
+        if job.state == "pending":
+            raise HTTPException(
+                423, "the job is waiting for its dependencies", {"Retry-After": "1"}
+            )
+        if not await tx.transition_job(
+            job_id, ["scheduled"], "assigned", agent_id=agent_id, assigned_at=utcnow()
+        ):
+            raise HTTPException(409, f"the job is {job.state}: it cannot be acquired")
+        await tx.set_agent_job(agent_id, job_id)
+    ctx.streams.busy(agent_id)
+    return p.JobRef(id=job_id)
+
+
 @router.put("/jobs/{job_id}/accept", response_model=p.JobSpec)
 async def accept(job_id: str, request: Request, token: AgentToken) -> p.JobSpec:
     ctx = context(request)
@@ -256,6 +285,9 @@ def _gunzip(data: bytes, *, limit: int) -> bytes:
         out = inflater.decompress(data, limit + 1)
     except zlib.error:
         raise HTTPException(400, "body is not valid gzip") from None
+    # Only a complete member has had its CRC checked; one member per chunk.
+    if len(out) <= limit and (not inflater.eof or inflater.unused_data):
+        raise HTTPException(400, "body is not valid gzip (cut short, or more than one member)")
     return out
 
 

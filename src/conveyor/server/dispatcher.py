@@ -17,8 +17,7 @@ from conveyor.storage.queries.base import utcnow
 from conveyor.storage.rows import AgentRow, JobRow
 
 DEFAULT_QUEUE = "default"
-# Candidates are looked at a few at a time: on PostgreSQL each batch is locked (skipping rows
-# other claimers hold), and small batches leave the rest to agents claiming at the same moment.
+# Candidates are read a few at a time; only the one taken is locked.
 _BATCH = 5
 _MAX_CANDIDATES = 500
 
@@ -57,6 +56,8 @@ async def claim_job(tx: Tx, agent: AgentRow, *, match_any: bool = False) -> JobR
         for job in batch:
             seen.append(job.id)
             if not match_any and not matches(job.agent_query, agent.tags):
+                continue
+            if not await tx.lock_if_free(job.id):
                 continue
             # Compare-and-set: of two agents racing for one job exactly one update matches.
             if await tx.transition_job(

@@ -128,7 +128,7 @@ class StreamHub:
                     (s for s in idle if self._match_any or matches(job.agent_query, s.agent.tags)),
                     None,
                 )
-                if agent is None:
+                if agent is None or not await tx.lock_if_free(job.id):
                     continue
                 if await tx.transition_job(
                     job.id, ["scheduled"], "assigned", agent_id=agent.agent.id, assigned_at=utcnow()

@@ -74,6 +74,15 @@ class JobQueries(QueryBase):
 
     async def cancel_build_jobs(self, build_id: str) -> None:
         """Jobs nothing runs yet are canceled; jobs an agent runs go to `canceling`."""
+        assigned = select(t.jobs.c.id).where(
+            t.jobs.c.build_id == build_id, t.jobs.c.state == "assigned"
+        )
+        # Agents that were offered one of these jobs hold nothing any more.
+        await self.conn.execute(
+            update(t.agents)
+            .where(t.agents.c.current_job_id.in_(assigned.scalar_subquery()))
+            .values(current_job_id=None)
+        )
         await self.conn.execute(
             update(t.jobs)
             .where(
@@ -105,8 +114,8 @@ class JobQueries(QueryBase):
     async def dispatch_candidates(self, limit: int, *, exclude: Iterable[str] = ()) -> list[JobRow]:
         """Runnable jobs in dispatch order: priority first, then the longest waiting.
 
-        On PostgreSQL the rows are locked, skipping rows another claimer holds, so concurrent
-        claimers look at different jobs instead of queueing behind each other.
+        Nothing is locked here: a claimer locks only the one job it takes (`lock_if_free`), so
+        claimers at the same moment never starve each other.
         """
         q = (
             select(t.jobs)
@@ -117,9 +126,22 @@ class JobQueries(QueryBase):
         excluded = list(exclude)
         if excluded:
             q = q.where(t.jobs.c.id.not_in(excluded))
-        if self.backend == "postgresql":
-            q = q.with_for_update(skip_locked=True)
         return [job_row(r) for r in await self.conn.execute(q)]
+
+    async def lock_if_free(self, job_id: str) -> bool:
+        """Lock a still-runnable job for this transaction; False if it is taken or another
+        claimer holds it right now (PostgreSQL skips it instead of waiting). SQLite has one
+        writer: the compare-and-set that follows is enough there."""
+        if self.backend != "postgresql":
+            return True
+        row = (
+            await self.conn.execute(
+                select(t.jobs.c.id)
+                .where(t.jobs.c.id == job_id, t.jobs.c.state == "scheduled")
+                .with_for_update(skip_locked=True)
+            )
+        ).first()
+        return row is not None
 
     async def assigned_job(self, agent_id: str) -> JobRow | None:
         r = (

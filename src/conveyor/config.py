@@ -80,6 +80,19 @@ class AgentSettings(BaseModel):
     cancel_grace_period: int = Field(default=10, ge=0)
     no_pty: bool = False
     disconnect_after_job: bool = False
+    disconnect_after_idle_timeout: int = Field(default=0, ge=0)
+    disconnect_after_uptime: int = Field(default=0, ge=0)
+    acquire_job: str | None = None
+    hooks_path: ExpandedPath | None = None
+    shutdown_hook: ExpandedPath | None = None
+    health_check_addr: str | None = None
+
+    @field_validator("health_check_addr")
+    @classmethod
+    def _health_check_addr(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_listen(value)
+        return value
 
     @field_validator("ping_interval")
     @classmethod

@@ -13,12 +13,21 @@ from conveyor.errors import APIError
 log = logging.getLogger("conveyor.agent")
 
 
-async def heartbeat_loop(client: AgentClient, interval: float, name: str) -> None:
-    while True:
-        await anyio.sleep(interval)
-        try:
-            await client.heartbeat()
-        except (httpx.TransportError, APIError) as exc:
-            # The retries are spent; the next beat tries again. The server decides when an
-            # agent is lost, not the agent.
-            log.warning("%s: heartbeat failed: %s", name, exc)
+class HeartbeatLoop:
+    def __init__(self, client: AgentClient, interval: float, name: str):
+        self._client = client
+        self._interval = interval
+        self._name = name
+        self.status = f"every {interval:g}s; none sent yet"
+
+    async def run(self) -> None:
+        while True:
+            await anyio.sleep(self._interval)
+            try:
+                answer = await self._client.heartbeat()
+                self.status = f"every {self._interval:g}s; last {answer.received_at:%H:%M:%S}Z"
+            except (httpx.TransportError, APIError) as exc:
+                # The retries are spent; the next beat tries again. The server decides when an
+                # agent is lost, not the agent.
+                log.warning("%s: heartbeat failed: %s", self._name, exc)
+                self.status = f"every {self._interval:g}s; last failed: {exc}"

@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 
 import anyio
+import anyio.to_thread
 
 log = logging.getLogger("conveyor.agent")
 
@@ -38,7 +39,7 @@ async def find_hook(hooks_path: Path | None, name: str) -> Path | None:
 
 async def run_hook(path: Path, *, env: dict[str, str], args: list[str] | None = None) -> int:
     """Run one hook to its end (at most HOOK_TIMEOUT_S); returns its exit status."""
-    if not os.access(path, os.X_OK):
+    if not await anyio.to_thread.run_sync(os.access, path, os.X_OK):
         log.error("hook %s is not executable", path)
         return 126
     with anyio.move_on_after(HOOK_TIMEOUT_S) as scope:

@@ -40,6 +40,7 @@ class PingLoop:
         self._on_job = on_job
         self._name = name
         self._baton = baton or Baton()
+        self.status = "starting"
         self._stopping = anyio.Event()
         self._wait_scope: anyio.CancelScope | None = None
 
@@ -50,6 +51,7 @@ class PingLoop:
             self._wait_scope.cancel()
 
     async def _wait(self, delay: float) -> None:
+        self.status = f"next ping in {delay:.1f}s"
         with anyio.CancelScope() as self._wait_scope:
             await anyio.sleep(delay)
         self._wait_scope = None
@@ -61,6 +63,7 @@ class PingLoop:
             await self._wait(delay)
             if self._stopping.is_set():
                 return False
+            self.status = "waiting: the stream is serving"
             with anyio.CancelScope() as self._wait_scope:
                 await self._baton.acquire(HOLDER)
             self._wait_scope = None
@@ -78,17 +81,21 @@ class PingLoop:
         return False
 
     async def _ping_once(self) -> str:
+        self.status = "pinging"
         try:
             response = await self._client.ping()
         except (httpx.TransportError, APIError) as exc:
             if not is_retryable(exc):
+                self.status = f"refused: {exc}"
                 raise
             log.warning("%s: ping failed: %s", self._name, exc)
+            self.status = f"last ping failed: {exc}"
             return "error"
         if response.action == p.PingAction.DISCONNECT:
             log.info("%s: the server asked this agent to disconnect", self._name)
             return "disconnect"
         if response.job is None:
             return "idle"
+        self.status = f"running job {response.job.id}"
         await self._on_job(response.job.id)
         return "job"

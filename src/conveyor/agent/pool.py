@@ -1,24 +1,59 @@
-"""The pool: `--spawn N` workers in one task group, stopped together."""
+"""The pool: `--spawn N` workers in one task group, stopped together, and the agent process's
+lifecycle around them: startup and shutdown hooks, the idle and uptime limits, and why it
+stopped."""
 
 from __future__ import annotations
 
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
 import anyio
+import httpx
 from anyio.abc import TaskStatus
 
 from conveyor import protocol as p
+from conveyor.agent.hooks import find_hook, run_hook
 from conveyor.agent.worker import AgentWorker, Tee, WorkerOptions
 from conveyor.client import new_http_client
+from conveyor.errors import APIError, ConveyorError
+
+log = logging.getLogger("conveyor.agent")
+
+SHUTDOWN_HOOKS_DEADLINE_S = 120
+
+
+@dataclass(frozen=True)
+class Lifecycle:
+    """When the agent stops by itself, and what it runs at start and stop. 0 means never."""
+
+    disconnect_after_idle_timeout: float = 0
+    disconnect_after_uptime: float = 0
+    hooks_path: Path | None = None
+    shutdown_hook: Path | None = None
 
 
 class AgentPool:
-    def __init__(self, options: WorkerOptions, *, spawn: int = 1, tee: Tee | None = None):
+    def __init__(
+        self,
+        options: WorkerOptions,
+        *,
+        spawn: int = 1,
+        tee: Tee | None = None,
+        lifecycle: Lifecycle | None = None,
+    ):
         self.options = options
         self.spawn = spawn
         self._tee = tee
+        self.lifecycle = lifecycle or Lifecycle()
         self.workers: list[AgentWorker] = []
+        self.shutdown_reason: str | None = None
+        self._busy: set[int] = set()
+        self._idle_changed = anyio.Event()
 
-    def stop(self) -> None:
+    def stop(self, reason: str = "requested") -> None:
         """Graceful: no new jobs; running jobs finish; then every worker disconnects."""
+        self.shutdown_reason = self.shutdown_reason or reason
         for worker in self.workers:
             worker.stop()
 
@@ -31,11 +66,82 @@ class AgentPool:
         """Why workers stopped on their own (the server refused them)."""
         return [f"{w.name}: {w.failure}" for w in self.workers if w.failure]
 
+    def _on_busy(self, worker: AgentWorker, busy: bool) -> None:
+        (self._busy.add if busy else self._busy.discard)(worker.index)
+        self._idle_changed.set()
+        self._idle_changed = anyio.Event()
+
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Returns once every worker has stopped. Ready when every worker has registered."""
-        async with new_http_client(self.options.endpoint) as http, anyio.create_task_group() as tg:
-            for index in range(1, self.spawn + 1):
-                worker = AgentWorker(self.options, http, index=index, tee=self._tee)
-                self.workers.append(worker)
-                await tg.start(worker.run)
-            task_status.started()
+        try:
+            async with (
+                new_http_client(self.options.endpoint) as http,
+                anyio.create_task_group() as limits,
+            ):
+                if self.lifecycle.disconnect_after_idle_timeout:
+                    limits.start_soon(self._idle_limit)
+                if self.lifecycle.disconnect_after_uptime:
+                    limits.start_soon(self._uptime_limit)
+                async with anyio.create_task_group() as workers:
+                    for index in range(1, self.spawn + 1):
+                        worker = AgentWorker(
+                            self.options, http, index=index, tee=self._tee, on_busy=self._on_busy
+                        )
+                        self.workers.append(worker)
+                        await workers.start(worker.run)
+                    await self._startup_hook()
+                    task_status.started()
+                # Every worker has stopped: the limits have nothing left to watch.
+                limits.cancel_scope.cancel()
+        except* (httpx.TransportError, APIError):
+            self.shutdown_reason = self.shutdown_reason or "unable-to-reach-server"
+            raise
+        finally:
+            self.shutdown_reason = self.shutdown_reason or next(
+                (w.stop_reason for w in self.workers if w.stop_reason),
+                "unable-to-reach-server" if self.failures else "requested",
+            )
+            with anyio.CancelScope(shield=True), anyio.move_on_after(SHUTDOWN_HOOKS_DEADLINE_S):
+                await self._shutdown_hooks()
+
+    async def _idle_limit(self) -> None:
+        """Stop once every worker has been idle for the timeout (from the latest change)."""
+        timeout = self.lifecycle.disconnect_after_idle_timeout
+        while True:
+            changed = self._idle_changed
+            if self._busy:
+                await changed.wait()
+                continue
+            with anyio.move_on_after(timeout) as idle:
+                await changed.wait()
+            if idle.cancelled_caught and not self._busy:
+                log.info("every worker was idle for %ss: stopping", timeout)
+                self.stop("idle")
+                return
+
+    async def _uptime_limit(self) -> None:
+        await anyio.sleep(self.lifecycle.disconnect_after_uptime)
+        log.info(
+            "up for %ss: stopping once running jobs finish", self.lifecycle.disconnect_after_uptime
+        )
+        self.stop("uptime")
+
+    def _hook_env(self) -> dict[str, str]:
+        return {
+            "CONVEYOR_AGENT_NAMES": ",".join(w.name for w in self.workers),
+            "CONVEYOR_AGENT_IDS": ",".join(w.agent_id or "" for w in self.workers),
+        }
+
+    async def _startup_hook(self) -> None:
+        hook = await find_hook(self.lifecycle.hooks_path, "agent-startup")
+        if hook is not None and await run_hook(hook, env=self._hook_env()) != 0:
+            self.stop("requested")
+            raise ConveyorError(f"the agent-startup hook {hook} failed: the agent stops")
+
+    async def _shutdown_hooks(self) -> None:
+        reason = self.shutdown_reason or "requested"
+        env = {**self._hook_env(), "CONVEYOR_AGENT_SHUTDOWN_REASON": reason}
+        hook = await find_hook(self.lifecycle.hooks_path, "agent-shutdown")
+        for path in (hook, self.lifecycle.shutdown_hook):
+            if path is not None:
+                await run_hook(path, env=env, args=[reason])

@@ -71,6 +71,7 @@ class StreamLoop:
         self._name = name
         self._stream_only = stream_only
         self._on_cancel = on_cancel
+        self.status = "connecting"
 
     def _handle(self, message: p.StreamMessage) -> None:
         kind = message.type
@@ -95,11 +96,13 @@ class StreamLoop:
                             log.info("%s: stream connected", self._name)
                         attempts = 0
                         self._health.set(True)
+                        self.status = f"connected (last message: {message.type.value})"
                         self._handle(message)
                 problem = "the server closed the stream"
             except APIError as exc:
                 if exc.status in _FINAL:
                     self._health.give_up()
+                    self.status = f"refused: {exc}"
                     if self._stream_only:
                         raise ConveyorError(f"the server refused the stream: {exc}") from exc
                     log.warning("%s: stream refused (%s); pinging from now on", self._name, exc)
@@ -112,4 +115,5 @@ class StreamLoop:
             attempts += 1
             delay = random.uniform(0, window)
             log.warning("%s: stream lost (%s); reconnecting in %.1fs", self._name, problem, delay)
+            self.status = f"reconnecting in {delay:.1f}s after: {problem}"
             await anyio.sleep(delay)

@@ -21,7 +21,7 @@ from conveyor import protocol as p
 from conveyor.agent.actions import ActionLoop
 from conveyor.agent.baton import Baton
 from conveyor.agent.debouncer import Debouncer
-from conveyor.agent.heartbeat import heartbeat_loop
+from conveyor.agent.heartbeat import HeartbeatLoop
 from conveyor.agent.jobenv import job_process_env
 from conveyor.agent.ping import PingLoop
 from conveyor.agent.stream import StreamHealth, StreamLoop
@@ -80,6 +80,9 @@ class AgentWorker:
         self._tee = tee
         self._ping: PingLoop | None = None
         self._actions: ActionLoop | None = None
+        self._heartbeat: HeartbeatLoop | None = None
+        self._stream: StreamLoop | None = None
+        self.state = "starting"
         self._job_id: str | None = None
         self._job_status_interval = 1.0
         self._runner: JobRunner | None = None
@@ -93,6 +96,20 @@ class AgentWorker:
         # Why it stopped, when it decided so itself (see agent.hooks.REASONS).
         self.stop_reason: str | None = None
         self._on_busy = on_busy
+
+    def status(self) -> dict[str, str]:
+        """One line per loop, for the health server's /status.json."""
+        lines = {"state": self.state}
+        if self._job_id is not None:
+            lines["job"] = f"running {self._job_id}"
+        for loop, obj in (
+            ("ping", self._ping),
+            ("stream", self._stream),
+            ("heartbeat", self._heartbeat),
+        ):
+            if obj is not None:
+                lines[loop] = obj.status
+        return lines
 
     def stop(self) -> None:
         """Take no more jobs; finish the running one, then disconnect."""
@@ -136,8 +153,8 @@ class AgentWorker:
             await self._run_job(client, job_id)
 
         self._ping = PingLoop(client, interval, on_job, name=self.name, baton=baton)
-        self._actions = ActionLoop(debouncer, health, baton, on_job, name=self.name)
-        stream = StreamLoop(
+        self._heartbeat = HeartbeatLoop(client, registered.heartbeat_interval, self.name)
+        self._stream = stream = StreamLoop(
             client,
             debouncer,
             health,
@@ -145,12 +162,14 @@ class AgentWorker:
             stream_only=opts.ping_mode == "stream-only",
             on_cancel=self._cancel_by_server,
         )
+        self._actions = ActionLoop(debouncer, health, baton, on_job, name=self.name)
         if self._stop_requested:
             self.stop()
+        self.state = "idle"
         task_status.started()
         try:
             async with anyio.create_task_group() as tg:
-                tg.start_soon(heartbeat_loop, client, registered.heartbeat_interval, self.name)
+                tg.start_soon(self._heartbeat.run)
                 if opts.ping_mode != "ping-only" and opts.acquire_job is None:
                     tg.start_soon(stream.run)
                 try:
@@ -169,6 +188,7 @@ class AgentWorker:
                     log.error("%s: stopping: %s", self.name, self.failure)
                 tg.cancel_scope.cancel()
         finally:
+            self.state = "stopped"
             with anyio.CancelScope(shield=True), anyio.move_on_after(DISCONNECT_DEADLINE_S):
                 try:
                     await client.disconnect()
@@ -203,9 +223,11 @@ class AgentWorker:
         self._job_id = job_id
         if self._on_busy is not None:
             self._on_busy(self, True)
+        self.state = "busy"
         try:
             await self._accept_and_run(client, job_id)
         finally:
+            self.state = "stopping" if self._stop_requested else "idle"
             self._in_job = False
             self._job_id = None
             self._pending_cancel = None

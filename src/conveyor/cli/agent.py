@@ -56,6 +56,32 @@ def agent() -> None:
     default=None,
     help="Run one job per worker, then disconnect and exit 0.",
 )
+@click.option(
+    "--disconnect-after-idle-timeout",
+    type=int,
+    help="Stop once every worker has been idle this many seconds (0: never).",
+)
+@click.option(
+    "--disconnect-after-uptime",
+    type=int,
+    help="Stop (after running jobs finish) once up this many seconds (0: never).",
+)
+@click.option("--acquire-job", help="Run this one job (by id), then exit.")
+@click.option(
+    "--hooks-path",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Directory of agent hooks (agent-startup, agent-shutdown).",
+)
+@click.option(
+    "--shutdown-hook",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Program run when the agent stops; gets the reason (idle, job-finished, requested, "
+    "interrupted, unable-to-reach-server, uptime) as $1 and CONVEYOR_AGENT_SHUTDOWN_REASON.",
+)
+@click.option(
+    "--health-check-addr",
+    help="HOST:PORT for /healthz, /status.json and /metrics (off unless given).",
+)
 @config_option
 @friendly_errors
 def start(config_file: Path | None, **flags: object) -> None:
@@ -81,6 +107,8 @@ def start(config_file: Path | None, **flags: object) -> None:
 
 async def _start(cfg: AgentSettings) -> None:
     from conveyor.agent import AgentPool, WorkerOptions
+    from conveyor.agent.health import HealthServer
+    from conveyor.agent.pool import Lifecycle
 
     tags = dict(cfg.tags)
     if cfg.queue:
@@ -100,8 +128,15 @@ async def _start(cfg: AgentSettings) -> None:
             ping_mode=cfg.ping_mode,
             cancel_grace=cfg.cancel_grace_period,
             disconnect_after_job=cfg.disconnect_after_job,
+            acquire_job=cfg.acquire_job,
         ),
-        spawn=cfg.spawn,
+        spawn=1 if cfg.acquire_job else cfg.spawn,
+        lifecycle=Lifecycle(
+            disconnect_after_idle_timeout=cfg.disconnect_after_idle_timeout,
+            disconnect_after_uptime=cfg.disconnect_after_uptime,
+            hooks_path=cfg.hooks_path,
+            shutdown_hook=cfg.shutdown_hook,
+        ),
     )
     async with anyio.create_task_group() as tg:
 
@@ -112,17 +147,19 @@ async def _start(cfg: AgentSettings) -> None:
                     count += 1
                     if count == 1:
                         log.info("%s: finishing running jobs, then disconnecting", signum.name)
-                        pool.stop()
+                        pool.stop("interrupted")
                     else:
                         log.info("%s again: cancelling running jobs", signum.name)
                         pool.cancel_jobs()
 
         tg.start_soon(handle_signals)
+        if cfg.health_check_addr:
+            await tg.start(HealthServer(pool, cfg.health_check_addr).run)
         await pool.run()
         tg.cancel_scope.cancel()
     if pool.failures:
         raise ConveyorError("workers stopped by the server: " + "; ".join(pool.failures))
-    log.info("agent stopped")
+    log.info("agent stopped (%s)", pool.shutdown_reason)
 
 
 @agent.command("list")

@@ -96,6 +96,27 @@ class ApiClient:
         except httpx.TransportError as exc:
             raise ConveyorError(f"cannot reach the server at {self._http.base_url}: {exc}") from exc
 
+    async def agent_order(
+        self, agent_id: str, order: str, body: dict[str, object] | None = None
+    ) -> p.AgentOut:
+        """pause / resume / stop (body {"force": bool}) an agent."""
+        try:
+            response = await self._http.post(f"/agents/{agent_id}/{order}", json=body)
+        except httpx.TransportError as exc:
+            raise ConveyorError(f"cannot reach the server at {self._http.base_url}: {exc}") from exc
+        _raise_for(response)
+        return p.AgentOut.model_validate_json(response.content)
+
+    async def update_agent(self, agent_id: str, update: p.AgentUpdate) -> p.AgentOut:
+        try:
+            response = await self._http.put(
+                f"/agents/{agent_id}", json=update.model_dump(exclude_none=True)
+            )
+        except httpx.TransportError as exc:
+            raise ConveyorError(f"cannot reach the server at {self._http.base_url}: {exc}") from exc
+        _raise_for(response)
+        return p.AgentOut.model_validate_json(response.content)
+
     async def list_agents(self) -> list[p.AgentOut]:
         response = await self._get("/agents")
         return [p.AgentOut.model_validate(a) for a in response.json()]

@@ -113,6 +113,9 @@ class RegisterRequest(_Model):
     pid: int = Field(default=0, ge=0, le=INT32_MAX)
     tags: dict[str, str] = Field(default_factory=dict)
     priority: int = Field(default=0, ge=-INT32_MAX, le=INT32_MAX)
+    process_id: str | None = Field(
+        default=None, max_length=36, description="the same for every worker of one agent process"
+    )
 
 
 class RegisterResponse(_Model):
@@ -147,6 +150,7 @@ class PingResponse(_Model):
     action: PingAction = PingAction.IDLE
     message: str = ""
     job: JobRef | None = None
+    update: AgentUpdate | None = None
 
 
 # ---- the stream (GET /agent/v1/stream): newline-delimited JSON, one message per line -------
@@ -156,15 +160,22 @@ class StreamMessageType(enum.StrEnum):
     RESUME = "resume"  # be idle: take jobs
     PAUSE = "pause"  # take no jobs until resumed
     DISCONNECT = "disconnect"  # finish what runs, then disconnect
+    UPDATE = "update"  # the agent process's new `spawn` and/or `tags`
     JOB_ASSIGNED = "job_assigned"  # `job` is assigned to you: accept it
     CANCEL_JOB = "cancel_job"  # stop `job`
     KEEPALIVE = "keepalive"  # nothing happened; the stream is alive
+
+
+class AgentUpdate(_Model):
+    spawn: int | None = Field(default=None, ge=1, le=1000)
+    tags: dict[str, str] | None = None
 
 
 class StreamMessage(_Model):
     type: StreamMessageType
     job: JobRef | None = None
     reason: str = ""
+    update: AgentUpdate | None = None
 
 
 STREAM_KEEPALIVE_S = 5.0
@@ -284,6 +295,14 @@ class BuildOut(_Model):
     )
 
 
+class AgentControl(_Model):
+    model_config = ConfigDict(extra="forbid")
+
+    force: bool = Field(
+        default=False, description="stop: cancel the running job instead of letting it finish"
+    )
+
+
 class AgentOut(_Model):
     id: str
     name: str
@@ -293,6 +312,8 @@ class AgentOut(_Model):
     tags: dict[str, str]
     priority: int
     current_job_id: str | None
+    process_id: str | None = None
+    paused: bool = False
     created_at: datetime
     connected_at: datetime | None
     last_heartbeat_at: datetime | None

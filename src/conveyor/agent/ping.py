@@ -34,12 +34,15 @@ class PingLoop:
         *,
         name: str,
         baton: Baton | None = None,
+        on_update: Callable[[p.AgentUpdate], None] | None = None,
     ):
         self._client = client
         self._interval = interval
         self._on_job = on_job
         self._name = name
         self._baton = baton or Baton()
+        self._on_update = on_update
+        self._paused = False
         self.status = "starting"
         self._stopping = anyio.Event()
         self._wait_scope: anyio.CancelScope | None = None
@@ -91,9 +94,18 @@ class PingLoop:
             log.warning("%s: ping failed: %s", self._name, exc)
             self.status = f"last ping failed: {exc}"
             return "error"
+        if response.update is not None and self._on_update is not None:
+            self._on_update(response.update)
         if response.action == p.PingAction.DISCONNECT:
             log.info("%s: the server asked this agent to disconnect", self._name)
             return "disconnect"
+        paused = response.action == p.PingAction.PAUSE
+        if paused != self._paused:
+            self._paused = paused
+            log.info("%s: %s", self._name, "paused by the server" if paused else "resumed")
+        if paused:
+            self.status = "paused by the server"
+            return "idle"
         if response.job is None:
             return "idle"
         self.status = f"running job {response.job.id}"

@@ -5,7 +5,8 @@ stopped."""
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import uuid
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import anyio
@@ -48,14 +49,61 @@ class AgentPool:
         self.lifecycle = lifecycle or Lifecycle()
         self.workers: list[AgentWorker] = []
         self.shutdown_reason: str | None = None
+        self.process_id = str(uuid.uuid4())
         self._busy: set[int] = set()
         self._idle_changed = anyio.Event()
+        self._workers_tg: anyio.abc.TaskGroup | None = None
+        self._http: httpx.AsyncClient | None = None
+        self._stopping = False
 
     def stop(self, reason: str = "requested") -> None:
         """Graceful: no new jobs; running jobs finish; then every worker disconnects."""
+        self._stopping = True
         self.shutdown_reason = self.shutdown_reason or reason
         for worker in self.workers:
             worker.stop()
+
+    @property
+    def live_workers(self) -> list[AgentWorker]:
+        return [w for w in self.workers if not w.retiring and w.state != "stopped"]
+
+    def apply_update(self, update: p.AgentUpdate) -> None:
+        """The server changed this agent process's tags and/or worker count: apply it live."""
+        if update.tags is not None:
+            log.info("tags are now %s", update.tags)
+            self.options = replace(self.options, tags=update.tags)
+        if update.spawn is not None:
+            self.set_spawn(update.spawn)
+
+    def set_spawn(self, spawn: int) -> None:
+        """Start or retire workers; a retired worker finishes its running job first."""
+        if self._stopping or self._workers_tg is None:
+            return
+        live = self.live_workers
+        log.info("running %d workers (was %d)", spawn, len(live))
+        for worker in live[spawn:]:
+            worker.retiring = True
+            worker.stop()
+        next_index = max((w.index for w in self.workers), default=0) + 1
+        for index in range(next_index, next_index + spawn - len(live)):
+            self._workers_tg.start_soon(self._start_worker, index)
+        self.spawn = spawn
+
+    async def _start_worker(
+        self, index: int, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        assert self._http is not None
+        worker = AgentWorker(
+            self.options,
+            self._http,
+            index=index,
+            tee=self._tee,
+            on_busy=self._on_busy,
+            on_update=self.apply_update,
+            process_id=self.process_id,
+        )
+        self.workers.append(worker)
+        await worker.run(task_status=task_status)
 
     def cancel_jobs(self, reason: p.SignalReason = p.SignalReason.AGENT_STOP) -> None:
         for worker in self.workers:
@@ -82,15 +130,14 @@ class AgentPool:
                     limits.start_soon(self._idle_limit)
                 if self.lifecycle.disconnect_after_uptime:
                     limits.start_soon(self._uptime_limit)
+                self._http = http
                 async with anyio.create_task_group() as workers:
+                    self._workers_tg = workers
                     for index in range(1, self.spawn + 1):
-                        worker = AgentWorker(
-                            self.options, http, index=index, tee=self._tee, on_busy=self._on_busy
-                        )
-                        self.workers.append(worker)
-                        await workers.start(worker.run)
+                        await workers.start(self._start_worker, index)
                     await self._startup_hook()
                     task_status.started()
+                self._workers_tg = None
                 # Every worker has stopped: the limits have nothing left to watch.
                 limits.cancel_scope.cancel()
         except* (httpx.TransportError, APIError):

@@ -64,6 +64,7 @@ class StreamLoop:
         name: str,
         stream_only: bool,
         on_cancel: Callable[[str], None],
+        on_update: Callable[[p.AgentUpdate], None] | None = None,
     ) -> None:
         self._client = client
         self._debouncer = debouncer
@@ -71,6 +72,7 @@ class StreamLoop:
         self._name = name
         self._stream_only = stream_only
         self._on_cancel = on_cancel
+        self._on_update = on_update
         self.status = "connecting"
 
     def _handle(self, message: p.StreamMessage) -> None:
@@ -85,6 +87,12 @@ class StreamLoop:
             self._debouncer.resume()
         elif kind == p.StreamMessageType.DISCONNECT:
             self._debouncer.disconnect()
+        elif (
+            kind == p.StreamMessageType.UPDATE
+            and message.update is not None
+            and self._on_update is not None
+        ):
+            self._on_update(message.update)
 
     async def run(self) -> None:
         attempts = 0

@@ -72,6 +72,8 @@ class AgentWorker:
         index: int,
         tee: Tee | None = None,
         on_busy: Callable[[AgentWorker, bool], None] | None = None,
+        on_update: Callable[[p.AgentUpdate], None] | None = None,
+        process_id: str | None = None,
     ):
         self.options = options
         self.index = index
@@ -96,6 +98,10 @@ class AgentWorker:
         # Why it stopped, when it decided so itself (see agent.hooks.REASONS).
         self.stop_reason: str | None = None
         self._on_busy = on_busy
+        self._on_update = on_update
+        # Set when the pool shrinks: this worker finishes its job, then goes.
+        self.retiring = False
+        self._process_id = process_id
 
     def status(self) -> dict[str, str]:
         """One line per loop, for the health server's /status.json."""
@@ -139,6 +145,7 @@ class AgentWorker:
                 pid=os.getpid(),
                 tags=opts.tags,
                 priority=opts.priority,
+                process_id=self._process_id,
             )
         )
         self.agent_id = registered.id
@@ -152,7 +159,9 @@ class AgentWorker:
         async def on_job(job_id: str) -> None:
             await self._run_job(client, job_id)
 
-        self._ping = PingLoop(client, interval, on_job, name=self.name, baton=baton)
+        self._ping = PingLoop(
+            client, interval, on_job, name=self.name, baton=baton, on_update=self._on_update
+        )
         self._heartbeat = HeartbeatLoop(client, registered.heartbeat_interval, self.name)
         self._stream = stream = StreamLoop(
             client,
@@ -161,6 +170,7 @@ class AgentWorker:
             name=self.name,
             stream_only=opts.ping_mode == "stream-only",
             on_cancel=self._cancel_by_server,
+            on_update=self._on_update,
         )
         self._actions = ActionLoop(debouncer, health, baton, on_job, name=self.name)
         if self._stop_requested:

@@ -9,6 +9,7 @@ from pathlib import Path
 import anyio
 import click
 
+from conveyor.cli.client_options import client_options
 from conveyor.cli.common import config_option, friendly_errors, given, settings, setup_logging
 from conveyor.config import AgentSettings, ClientSettings
 from conveyor.errors import ConveyorError
@@ -163,9 +164,7 @@ async def _start(cfg: AgentSettings) -> None:
 
 
 @agent.command("list")
-@click.option("--endpoint", help="The server's URL.")
-@click.option("--api-token", help="An API token (`conveyor server token --api`).")
-@config_option
+@client_options
 @friendly_errors
 def list_agents(config_file: Path | None, **flags: object) -> None:
     """List the agents connected to the server."""
@@ -182,9 +181,84 @@ def list_agents(config_file: Path | None, **flags: object) -> None:
         rows = [("NAME", "STATE", "JOB", "TAGS", "HOST", "ID")]
         for a in agents:
             tags = ",".join(f"{k}={v}" for k, v in sorted(a.tags.items()))
-            rows.append((a.name, a.state, a.current_job_id or "-", tags or "-", a.hostname, a.id))
+            state = f"{a.state} (paused)" if a.paused else a.state
+            rows.append((a.name, state, a.current_job_id or "-", tags or "-", a.hostname, a.id))
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
         for r in rows:
             click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+
+    anyio.run(main)
+
+
+def _control(agent_id: str, config_file: Path | None, flags: dict[str, object], action: str,
+             body: dict[str, object] | None = None) -> None:  # fmt: skip
+    cfg = settings(ClientSettings, given(**flags), config_file)
+
+    async def main() -> None:
+        from conveyor.api_client import ApiClient
+
+        async with ApiClient.connect(cfg.endpoint, cfg.api_token) as api:
+            agent = await api.agent_order(agent_id, action, body)
+        click.echo(f"{agent.name}: {action} sent ({'paused' if agent.paused else agent.state})")
+
+    anyio.run(main)
+
+
+@agent.command()
+@click.argument("agent_id")
+@client_options
+@friendly_errors
+def pause(agent_id: str, config_file: Path | None, **flags: object) -> None:
+    """Stop giving the agent new jobs (a running job goes on) until resumed."""
+    _control(agent_id, config_file, flags, "pause")
+
+
+@agent.command()
+@click.argument("agent_id")
+@client_options
+@friendly_errors
+def resume(agent_id: str, config_file: Path | None, **flags: object) -> None:
+    """Give a paused agent jobs again."""
+    _control(agent_id, config_file, flags, "resume")
+
+
+@agent.command()
+@click.argument("agent_id")
+@click.option("--force", is_flag=True, help="Cancel its running job instead of letting it finish.")
+@client_options
+@friendly_errors
+def stop(agent_id: str, force: bool, config_file: Path | None, **flags: object) -> None:
+    """Disconnect the agent once its running job has finished (or, with --force, at once)."""
+    _control(agent_id, config_file, flags, "stop", {"force": force})
+
+
+@agent.command()
+@click.argument("agent_id")
+@click.option("--spawn", type=int, help="How many workers the agent process runs from now on.")
+@click.option("--tags", help="The agent process's tags from now on, as k=v,k2=v2.")
+@client_options
+@friendly_errors
+def update(
+    agent_id: str,
+    spawn: int | None,
+    tags: str | None,
+    config_file: Path | None,
+    **flags: object,
+) -> None:
+    """Change an agent process's worker count and tags live, without a restart."""
+    from conveyor import protocol as p
+    from conveyor.config import parse_tags
+
+    if spawn is None and tags is None:
+        raise ConveyorError("nothing to update: give --spawn and/or --tags")
+    body = p.AgentUpdate(spawn=spawn, tags=parse_tags(tags) if tags is not None else None)
+    cfg = settings(ClientSettings, given(**flags), config_file)
+
+    async def main() -> None:
+        from conveyor.api_client import ApiClient
+
+        async with ApiClient.connect(cfg.endpoint, cfg.api_token) as api:
+            agent = await api.update_agent(agent_id, body)
+        click.echo(f"{agent.name}: update sent")
 
     anyio.run(main)

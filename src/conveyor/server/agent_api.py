@@ -48,6 +48,7 @@ async def register(
             pid=body.pid,
             tags=body.tags,
             priority=body.priority,
+            process_id=body.process_id,
         )
         access_token = await tx.create_token("agent", agent_id=agent_id)
     return p.RegisterResponse(
@@ -142,14 +143,21 @@ async def heartbeat(
 
 @router.get("/ping", response_model=p.PingResponse)
 async def ping(request: Request, token: AgentToken) -> p.PingResponse:
+    ctx = context(request)
     agent_id = _agent_id(token)
-    async with context(request).store.transaction() as tx:
+    order = ctx.orders.pop(agent_id, None)
+    if order is not None and order.action == p.PingAction.DISCONNECT:
+        return order
+    async with ctx.store.transaction() as tx:
         agent = await tx.get_agent(agent_id)
         await tx.touch_agent(agent_id)
-        job = await claim_job(tx, agent, match_any=context(request).match_any_agent)
-    if job is None:
-        return p.PingResponse()
-    return p.PingResponse(job=p.JobRef(id=job.id))
+        job = None if agent.paused else await claim_job(tx, agent, match_any=ctx.match_any_agent)
+    answer = order or p.PingResponse()
+    if agent.paused:
+        answer.action = p.PingAction.PAUSE
+    if job is not None:
+        answer.job = p.JobRef(id=job.id)
+    return answer
 
 
 @router.put("/jobs/{job_id}/acquire", response_model=p.JobRef)

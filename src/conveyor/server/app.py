@@ -9,7 +9,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from conveyor import __version__
 from conveyor.errors import AuthError, InvalidStateError, NotFoundError
-from conveyor.server import agent_api, rest_api
+from conveyor.server import agent_api, agents_api, rest_api
 from conveyor.server.context import ServerContext
 
 
@@ -34,6 +34,7 @@ def create_app(ctx: ServerContext) -> FastAPI:
     app.state.ctx = ctx
     app.include_router(agent_api.router)
     app.include_router(rest_api.router)
+    app.include_router(agents_api.router)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:

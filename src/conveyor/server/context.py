@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 import anyio
 
+from conveyor import protocol as p
 from conveyor.server.events import Notifier
 from conveyor.server.streams import StreamHub
 from conveyor.storage import Store
@@ -28,6 +29,8 @@ class ServerContext:
     # up a graceful shutdown.
     stopping: anyio.Event = field(default_factory=anyio.Event)
     streams: StreamHub = field(init=False)
+    # What an operator asked of an agent that is not on a stream here: told at its next ping.
+    orders: dict[str, p.PingResponse] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.streams = StreamHub(self.store, match_any_agent=self.match_any_agent)

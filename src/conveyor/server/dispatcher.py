@@ -44,10 +44,12 @@ async def claim_job(tx: Tx, agent: AgentRow, *, match_any: bool = False) -> JobR
     """
     # The agent's row is locked first: two claims for one agent at once take turns, so the
     # second sees the job the first assigned instead of taking another.
-    await tx.get_agent(agent.id, lock=True)
+    agent = await tx.get_agent(agent.id, lock=True)
     held = await tx.assigned_job(agent.id)
     if held is not None:
         return held
+    if agent.paused:
+        return None
     seen: list[str] = []
     while len(seen) < _MAX_CANDIDATES:
         batch = await tx.dispatch_candidates(_BATCH, exclude=seen)

@@ -260,25 +260,3 @@ async def get_log(job_id: str, request: Request) -> StreamingResponse:
         media_type="application/octet-stream",
         headers={"X-Conveyor-Log-Gaps": str(gaps), "X-Conveyor-Log-Size": str(expected)},
     )
-
-
-@router.get("/agents", response_model=list[p.AgentOut])
-async def list_agents(request: Request, all: bool = False) -> list[p.AgentOut]:
-    async with context(request).store.transaction() as tx:
-        agents = await tx.list_agents(include_gone=all)
-    return [
-        p.AgentOut(
-            id=a.id,
-            name=a.name,
-            hostname=a.hostname,
-            version=a.version,
-            state=a.state,
-            tags=a.tags,
-            priority=a.priority,
-            current_job_id=a.current_job_id,
-            created_at=a.created_at,
-            connected_at=a.connected_at,
-            last_heartbeat_at=a.last_heartbeat_at,
-        )
-        for a in agents
-    ]

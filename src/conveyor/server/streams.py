@@ -76,6 +76,13 @@ class StreamHub:
             return False
         return True
 
+    def refresh(self, agent: AgentRow) -> None:
+        """New facts about an agent (tags, paused): dispatch goes by them from now on."""
+        stream = self._streams.get(agent.id)
+        if stream is not None:
+            stream.agent = agent
+        self.kick()
+
     def busy(self, agent_id: str) -> None:
         stream = self._streams.get(agent_id)
         if stream is not None:
@@ -111,7 +118,7 @@ class StreamHub:
                 log.exception("dispatch pass failed")
 
     def _idle(self) -> list[_Stream]:
-        idle = [s for s in self._streams.values() if not s.busy]
+        idle = [s for s in self._streams.values() if not s.busy and not s.agent.paused]
         # Warm caches first: the agent that most recently finished a job successfully, then
         # the agent's own priority.
         idle.sort(key=lambda s: (s.agent.last_success_at or _EPOCH, s.agent.priority), reverse=True)

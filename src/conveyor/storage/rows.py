@@ -29,6 +29,8 @@ class AgentRow:
     last_heartbeat_at: datetime | None
     last_success_at: datetime | None
     current_job_id: str | None
+    process_id: str | None = None
+    paused: bool = False
 
 
 @dataclass(frozen=True)

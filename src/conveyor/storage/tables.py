@@ -81,6 +81,9 @@ agents = Table(
     Column("last_seen_at", UTCDateTime, nullable=True),
     Column("last_success_at", UTCDateTime, nullable=True),
     Column("current_job_id", String(36), nullable=True),
+    # The agent process this worker belongs to (one per `conveyor agent start`).
+    Column("process_id", String(36), nullable=True),
+    Column("paused", Integer, nullable=False, server_default="0"),
 )
 
 pipelines = Table(

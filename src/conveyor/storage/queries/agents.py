@@ -27,6 +27,8 @@ def agent_row(r: Any) -> AgentRow:
         last_heartbeat_at=r.last_heartbeat_at,
         last_success_at=r.last_success_at,
         current_job_id=r.current_job_id,
+        process_id=r.process_id,
+        paused=bool(r.paused),
     )
 
 
@@ -42,6 +44,7 @@ class AgentQueries(QueryBase):
         pid: int,
         tags: dict[str, str],
         priority: int,
+        process_id: str | None = None,
     ) -> str:
         agent_id = new_id()
         await self.conn.execute(
@@ -58,6 +61,8 @@ class AgentQueries(QueryBase):
                 state="registered",
                 created_at=utcnow(),
                 last_seen_at=utcnow(),
+                process_id=process_id,
+                paused=0,
             )
         )
         return agent_id
@@ -89,6 +94,21 @@ class AgentQueries(QueryBase):
         await self.conn.execute(
             update(t.agents).where(t.agents.c.id == agent_id).values(state=state, **extra, **values)
         )
+
+    async def update_agent(self, agent_id: str, **values: Any) -> None:
+        await self.conn.execute(update(t.agents).where(t.agents.c.id == agent_id).values(**values))
+
+    async def process_agents(self, process_id: str) -> list[AgentRow]:
+        """The live workers of one agent process."""
+        rows = await self.conn.execute(
+            select(t.agents)
+            .where(
+                t.agents.c.process_id == process_id,
+                t.agents.c.state.in_(["registered", "connected"]),
+            )
+            .order_by(t.agents.c.created_at)
+        )
+        return [agent_row(r) for r in rows]
 
     async def silent_agents(self, before: datetime) -> list[AgentRow]:
         """Live agents whose last sign of life is older than `before`."""

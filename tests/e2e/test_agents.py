@@ -5,12 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import anyio
+import httpx
 import pytest
 
 from conveyor import protocol as p
 from conveyor.agent import AgentPool, WorkerOptions
-from conveyor.client import AgentClient, new_http_client
+from conveyor.client import AgentClient, JobClient, new_http_client
 from conveyor.errors import JobGoneError
+from conveyor.server.service import ServerHandle
 from tests.harness import Api, running_agents, running_server
 
 pytestmark = pytest.mark.anyio
@@ -153,3 +155,69 @@ async def test_canceling_a_build_stops_its_running_job(
         "cancel",
     )
     assert _state(int(text)) == "Z"
+
+
+RETRY_LOST = """
+steps:
+  - label: flaky-host
+    command: echo ran
+    retry:
+      automatic:
+        - exit_status: -1
+          signal_reason: agent_lost
+          limit: 1
+"""
+
+
+async def _silent_take(http: httpx.AsyncClient, server: ServerHandle, name: str) -> JobClient:
+    """Register an agent that takes a job, starts it, and then never speaks again."""
+    assert server.registration_token is not None
+    registration = AgentClient(http, server.registration_token)
+    registered = await registration.register(p.RegisterRequest(name=name))
+    agent = registration.with_token(registered.access_token)
+    await agent.connect()
+    with anyio.fail_after(10):
+        while (ping := await agent.ping()).job is None:
+            await anyio.sleep(0.05)
+    job = agent.job_client(await agent.accept(ping.job.id))
+    await job.start()
+    return job
+
+
+async def test_lost_agent_job_is_retried_once_by_its_rules(
+    database_url: str, tmp_path: Path
+) -> None:
+    async with (
+        running_server(database_url, tmp_path / "srv", agent_lost_timeout=2) as server,
+        Api(server) as api,
+        new_http_client(server.url) as http,
+    ):
+        build = await api.create_build(RETRY_LOST)
+        first = await _silent_take(http, server, "lost-1")
+        # The reaper loses it; the rule allows one more attempt, which another silent agent
+        # takes and loses too: there is no third attempt.
+        second = await _silent_take(http, server, "lost-2")
+        assert second.job_id != first.job_id
+        done = await api.wait_build(build, timeout=30)
+        with pytest.raises(JobGoneError):
+            await first.state()  # the first attempt is not the lost agent's any more
+    assert done.state == p.BuildState.FAILED
+    assert [(j.attempt, j.exit_status, j.signal_reason) for j in done.jobs] == [
+        (1, -1, "agent_lost"),
+        (2, -1, "agent_lost"),
+    ]
+
+
+async def test_retried_attempt_can_pass(database_url: str, tmp_path: Path) -> None:
+    async with (
+        running_server(database_url, tmp_path / "srv", agent_lost_timeout=2) as server,
+        Api(server) as api,
+        new_http_client(server.url) as http,
+    ):
+        build = await api.create_build(RETRY_LOST)
+        await _silent_take(http, server, "lost")
+        async with running_agents(server, tmp_path / "builds", spawn=1):
+            done = await api.wait_build(build, timeout=30)
+        assert done.state == p.BuildState.PASSED
+        assert [(j.attempt, j.exit_status) for j in done.jobs] == [(1, -1), (2, 0)]
+        assert await api.log(done.jobs[1].id) == b"ran\r\n"

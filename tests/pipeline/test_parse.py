@@ -6,7 +6,14 @@ import textwrap
 
 import pytest
 
-from conveyor.pipeline import CommandStep, Pipeline, WaitStep, display_label, parse_pipeline
+from conveyor.pipeline import (
+    CommandStep,
+    Pipeline,
+    RetryRule,
+    WaitStep,
+    display_label,
+    parse_pipeline,
+)
 
 
 def parse(text: str) -> Pipeline:
@@ -195,10 +202,11 @@ def test_unmodelled_keys_keep_their_types() -> None:
         "async": True,
         "slot": None,
         "when": "2002-08-15T17:18:23.18-06:00",
-        "retry": {"automatic": [{"exit_status": -1, "limit": 2}]},
     }
     assert type(step.extra["parallelism"]) is int
     assert type(step.extra["async"]) is bool
+    # `retry` is modelled: typed rules, not extra data.
+    assert step.retry == (RetryRule(exit_status=(-1,), limit=2),)
 
 
 # --- anchors, aliases, merge keys -------------------------------------------------------------

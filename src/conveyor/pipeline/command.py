@@ -13,6 +13,7 @@ from conveyor.pipeline.fields import (
     read_string_map,
 )
 from conveyor.pipeline.loader import MapEntry, MapNode, ScalarNode, SeqNode, describe
+from conveyor.pipeline.retry import read_retry
 from conveyor.pipeline.steps import CommandStep
 
 TYPES = frozenset({"command", "script", "commands"})
@@ -32,6 +33,7 @@ _HANDLED = {
     "env",
     "agents",
     "depends_on",
+    "retry",
 }
 
 
@@ -47,6 +49,7 @@ def parse_command_step(ctx: Context, node: MapNode) -> CommandStep:
     env = node.get("env")
     agents = node.get("agents")
     depends_on = node.get("depends_on")
+    retry = node.get("retry")
     return CommandStep(
         command=command,
         label=(read_string(ctx, label_entry) or None) if label_entry else None,
@@ -54,6 +57,7 @@ def parse_command_step(ctx: Context, node: MapNode) -> CommandStep:
         env=read_string_map(ctx, env) if env else {},
         agents=read_agents(ctx, agents) if agents else {},
         depends_on=read_depends_on(ctx, depends_on) if depends_on else (),
+        retry=read_retry(ctx, retry) if retry else (),
         extra=collect_extra(ctx, node, _HANDLED),
         line=node.mark.line,
     )

@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from conveyor.pipeline.retry import RetryRule
+
 LABEL_WIDTH = 60
 """Longest label `display_label` returns."""
 
@@ -27,6 +29,8 @@ class CommandStep:
     """Agent tags the job needs, e.g. {"queue": "linux"}."""
     depends_on: tuple[str, ...] = ()
     """Keys of the steps that must finish first."""
+    retry: tuple[RetryRule, ...] = ()
+    """Automatic retry rules; the first that matches a failure decides."""
     extra: dict[str, Any] = field(default_factory=dict)
     """Keys not modelled (yet), as plain data: `soft_fail`, `timeout_in_minutes`, `if`..."""
     line: int = 0

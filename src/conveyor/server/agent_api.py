@@ -328,6 +328,7 @@ async def finish(job_id: str, body: p.FinishRequest, request: Request, _: JobTok
         except InvalidStateError as exc:
             raise HTTPException(409, str(exc)) from None
         await tx.revoke_job_tokens(job_id)
+        await scheduler.retry_if_asked(tx, await tx.get_job(job_id))
         agent = None
         if job.agent_id is not None:
             await tx.set_agent_job(job.agent_id, None, succeeded=body.exit_status == 0)

@@ -92,6 +92,7 @@ async def release_agent_jobs(tx: Tx, agent_id: str, reason: SignalReason) -> set
             finished_at=utcnow(),
         )
         await tx.revoke_job_tokens(job.id)
+        await scheduler.retry_if_asked(tx, await tx.get_job(job.id))
         builds.add(job.build_id)
     for build_id in builds:
         await scheduler.advance_build(tx, build_id)

@@ -13,12 +13,14 @@ failed; passed when all passed or were skipped without a failure.
 
 from __future__ import annotations
 
+import dataclasses
+
 from conveyor.errors import PipelineError
-from conveyor.pipeline import CommandStep, Pipeline, WaitStep, display_label
+from conveyor.pipeline import CommandStep, Pipeline, RetryRule, WaitStep, display_label
 from conveyor.protocol import BuildState, JobState
 from conveyor.storage import Tx
 from conveyor.storage.queries.base import utcnow
-from conveyor.storage.rows import BuildRow, NewJob, NewStep, StepRow
+from conveyor.storage.rows import BuildRow, JobRow, NewJob, NewStep, StepRow
 
 SETTLED_STEP_STATES = frozenset({"passed", "failed", "skipped"})
 _STARTED_JOB_STATES = frozenset(
@@ -70,7 +72,12 @@ def plan_steps(pipeline: Pipeline, *, filename: str = "<pipeline>") -> list[NewS
                 kind="command",
                 key=step.key,
                 label=label,
-                config={"command": step.command, "env": step.env, "agents": agents},
+                config={
+                    "command": step.command,
+                    "env": step.env,
+                    "agents": agents,
+                    "retry": [dataclasses.asdict(rule) for rule in step.retry],
+                },
                 depends_on=sorted({*implicit, *explicit}),
                 jobs=[
                     NewJob(
@@ -113,11 +120,42 @@ def _check_acyclic(planned: list[NewStep], pipeline: Pipeline, filename: str) ->
 
 
 def _step_outcome(step: StepRow, build: BuildRow) -> str | None:
-    """The settled state of a running step, or None while any of its jobs is unfinished."""
+    """The settled state of a running step, or None while its job is unfinished.
+
+    Only the latest attempt counts: a job retried after a failure decides by its retry.
+    """
     jobs = [j for j in build.jobs if j.step_id == step.id]
-    if any(not JobState(j.state).terminal for j in jobs):
+    if not jobs:
+        return "passed"
+    latest = max(jobs, key=lambda j: j.attempt)
+    if not JobState(latest.state).terminal:
         return None
-    return "passed" if all(j.passed for j in jobs) else "failed"
+    return "passed" if latest.passed else "failed"
+
+
+async def retry_if_asked(tx: Tx, job: JobRow) -> str | None:
+    """After `job` finished: a new attempt if the step's automatic retry rules say so.
+
+    The first rule that matches the exit status and signal reason decides; it allows `limit`
+    retries (attempts after the first). Returns the new job's id, or None.
+    """
+    if job.state != JobState.FINISHED or job.passed:
+        return None
+    build = await tx.get_build(job.build_id)
+    if build.state in (BuildState.CANCELING, BuildState.CANCELED):
+        return None
+    step = next(s for s in build.steps if s.id == job.step_id)
+    for raw in step.config.get("retry", []):
+        rule = RetryRule(
+            exit_status=tuple(raw["exit_status"]) if raw["exit_status"] is not None else None,
+            signal_reason=raw["signal_reason"],
+            limit=raw["limit"],
+        )
+        if rule.matches(job.exit_status, job.signal_reason):
+            if job.attempt > rule.limit:
+                return None
+            return await tx.insert_attempt(job)
+    return None
 
 
 async def cancel_build(tx: Tx, build_id: str) -> BuildRow:

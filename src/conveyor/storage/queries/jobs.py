@@ -11,7 +11,7 @@ from sqlalchemy import select, update
 from conveyor.errors import InvalidStateError, NotFoundError
 from conveyor.protocol import JobState, can_transition
 from conveyor.storage import tables as t
-from conveyor.storage.queries.base import QueryBase, utcnow
+from conveyor.storage.queries.base import QueryBase, new_id, utcnow
 from conveyor.storage.rows import JobRow
 
 
@@ -150,6 +150,30 @@ class JobQueries(QueryBase):
             )
         ).first()
         return None if r is None else job_row(r)
+
+    async def insert_attempt(self, job: JobRow) -> str:
+        """A new attempt of a finished job, runnable at once; the earlier attempt stays."""
+        job_id = new_id()
+        now = utcnow()
+        await self.conn.execute(
+            t.jobs.insert().values(
+                id=job_id,
+                build_id=job.build_id,
+                step_id=job.step_id,
+                state="scheduled",
+                label=job.label,
+                command=job.command,
+                env=job.env,
+                agent_query=job.agent_query,
+                priority=job.priority,
+                attempt=job.attempt + 1,
+                chunks_failed_count=0,
+                log_size=0,
+                created_at=now,
+                runnable_at=now,
+            )
+        )
+        return job_id
 
     async def stale_assignments(self, before: datetime) -> list[JobRow]:
         rows = await self.conn.execute(

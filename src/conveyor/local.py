@@ -34,7 +34,8 @@ from conveyor.server.service import ServerHandle, run_server
 
 DEFAULT_FILES = (Path(".conveyor/pipeline.yml"), Path("pipeline.yml"))
 LOCAL_PIPELINE = "local"
-# The embedded server asks its agents to ping every second: there is no stream yet to push work.
+# Jobs reach local agents on their streams at once; should a stream fail, pings every second
+# take over.
 LOCAL_PING_INTERVAL = 1
 # Lines waiting for the terminal; past this, jobs wait for it as they would for a slow terminal.
 _CONSOLE_BUFFER = 1000

@@ -220,9 +220,13 @@ async def _run_build(
         tee=lambda spec: LabelledOutput(spec.label, console),
     )
     follow = anyio.CancelScope()
+    pool_done = anyio.Event()
 
     async def agents(*, task_status: TaskStatus[None]) -> None:
-        await pool.run(task_status=task_status)
+        try:
+            await pool.run(task_status=task_status)
+        finally:
+            pool_done.set()
         # The pool ends only when stopped: nothing more will change.
         follow.cancel()
 
@@ -248,6 +252,9 @@ async def _run_build(
         reporter.summary(result.build)
         await _flush(writer, console)
     pool.stop()
+    # The agents disconnect from the server before it goes away.
+    with anyio.move_on_after(15):
+        await pool_done.wait()
 
 
 async def _flush(writer: _ConsoleWriter, console: Console) -> None:

@@ -9,8 +9,6 @@ from typing import Any
 
 import anyio
 import anyio.to_thread
-from alembic import command
-from alembic.config import Config
 from sqlalchemy import event, text
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import ArgumentError
@@ -67,6 +65,10 @@ def _tune_sqlite(dbapi_conn: Any, _record: Any) -> None:
 
 
 def _upgrade(sync_conn: Connection) -> None:
+    # Imported here: Alembic is only needed while migrating, and costs start-up time.
+    from alembic import command
+    from alembic.config import Config
+
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
     cfg.attributes["connection"] = sync_conn

@@ -69,6 +69,18 @@ async def test_server_agent_and_operator_cli(tmp_path: Path) -> None:
 
             agents = await conveyor("agent", "list", env=ops)
             assert "cli-agent" in agents.stdout and "connected" in agents.stdout
+            agent_id = agents.stdout.splitlines()[1].split()[-1]
+
+            paused = await conveyor("agent", "pause", agent_id, env=ops)
+            assert paused.returncode == 0 and "cli-agent: pause sent (paused)" in paused.stdout
+            listed = await conveyor("agent", "list", env=ops)
+            assert "connected (paused)" in listed.stdout
+            resumed = await conveyor("agent", "resume", agent_id, env=ops)
+            assert "resume sent (connected)" in resumed.stdout
+            nothing = await conveyor("agent", "update", agent_id, env=ops)
+            assert nothing.returncode == 1 and "nothing to update" in nothing.stderr
+            unknown = await conveyor("agent", "pause", "no-such-agent", env=ops)
+            assert unknown.returncode == 1 and "404" in unknown.stderr
 
             failed = await conveyor(
                 "build", "create", "-f", str(failing), "--pipeline", "other", "--wait", env=ops

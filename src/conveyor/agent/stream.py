@@ -116,7 +116,7 @@ class StreamLoop:
                     log.warning("%s: stream refused (%s); pinging from now on", self._name, exc)
                     return
                 problem = str(exc)
-            except (httpx.TransportError, httpx.StreamError, ValidationError) as exc:
+            except (httpx.RequestError, httpx.StreamError, ValidationError) as exc:
                 problem = f"{type(exc).__name__}: {exc}"
             self._health.set(False)
             window = min(MAX_WINDOW_S, 2.0**attempts)

@@ -83,7 +83,9 @@ def new_http_client(endpoint: str) -> httpx.AsyncClient:
         base_url=endpoint.rstrip("/"),
         timeout=httpx.Timeout(60.0, connect=10.0),
         headers={"User-Agent": f"conveyor-agent/{__version__}"},
-        limits=httpx.Limits(max_connections=20, max_keepalive_connections=10),
+        # No cap on connections: every streaming worker of a pool holds one for its stream, and
+        # its other calls (heartbeats, jobs) need more on top.
+        limits=httpx.Limits(max_connections=None, max_keepalive_connections=32),
     )
 
 

@@ -149,26 +149,28 @@ async def get_build(
     """With `wait` and `after`, answer as soon as the build's version differs from `after`."""
     ctx = context(request)
     agents = None if ctx.match_any_agent else await _connected_agents(ctx)
-    with anyio.move_on_after(wait):
-        while True:
-            async with ctx.store.transaction() as tx:
-                try:
-                    build = await tx.get_build_by_number(slug, number)
-                except NotFoundError as exc:
-                    raise HTTPException(404, str(exc)) from None
-            out = build_out(build, agents=agents)
-            if not wait or after is None or out.version != after:
-                return out
-            changed = ctx.notifier.subscribe(f"build:{build.id}")
-            # Re-read once more: a change between the read above and subscribing is not lost.
-            async with ctx.store.transaction() as tx:
-                out = build_out(await tx.get_build(build.id), agents=agents)
-            if out.version != after or ctx.stopping.is_set():
-                return out
-            with anyio.move_on_after(_WAIT_SLICE_S):
-                await _wait_either(changed, ctx.stopping)
     async with ctx.store.transaction() as tx:
-        return build_out(await tx.get_build_by_number(slug, number), agents=agents)
+        try:
+            build = await tx.get_build_by_number(slug, number)
+        except NotFoundError as exc:
+            raise HTTPException(404, str(exc)) from None
+    out = build_out(build, agents=agents)
+    if not wait or after is None or out.version != after:
+        return out
+    # Only the waiting is under the deadline: a query cut short by a cancel would cost the
+    # pool its connection.
+    deadline = anyio.current_time() + wait
+    while anyio.current_time() < deadline and not ctx.stopping.is_set():
+        changed = ctx.notifier.subscribe(f"build:{build.id}")
+        # Read again once subscribed: a change in between is not lost.
+        async with ctx.store.transaction() as tx:
+            out = build_out(await tx.get_build(build.id), agents=agents)
+        if out.version != after:
+            return out
+        with anyio.move_on_after(min(_WAIT_SLICE_S, deadline - anyio.current_time())):
+            await _wait_either(changed, ctx.stopping)
+    async with ctx.store.transaction() as tx:
+        return build_out(await tx.get_build(build.id), agents=agents)
 
 
 async def _connected_agents(ctx: ServerContext) -> list[AgentRow]:

@@ -125,11 +125,18 @@ class StreamHub:
         return idle
 
     async def dispatch(self) -> None:
-        idle = self._idle()
-        if not idle:
+        if not self._streams:
             return
         assigned: list[tuple[_Stream, str]] = []
         async with self._store.transaction() as tx:
+            # Whether an agent is busy is what the database says (a job offered to it may have
+            # been canceled, expired or refused since): the flag here only bridges a pass.
+            holding = await tx.agents_with_jobs(list(self._streams))
+            for stream in self._streams.values():
+                stream.busy = stream.agent.id in holding
+            idle = self._idle()
+            if not idle:
+                return
             for job in await tx.dispatch_candidates(max(8, 2 * len(idle))):
                 agent = next(
                     (s for s in idle if self._match_any or matches(job.agent_query, s.agent.tags)),

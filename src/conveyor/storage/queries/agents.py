@@ -95,6 +95,17 @@ class AgentQueries(QueryBase):
             update(t.agents).where(t.agents.c.id == agent_id).values(state=state, **extra, **values)
         )
 
+    async def agents_with_jobs(self, agent_ids: list[str]) -> set[str]:
+        """Which of these agents hold a job (assigned, accepted or running) right now."""
+        if not agent_ids:
+            return set()
+        rows = await self.conn.execute(
+            select(t.agents.c.id).where(
+                t.agents.c.id.in_(agent_ids), t.agents.c.current_job_id.is_not(None)
+            )
+        )
+        return {r.id for r in rows}
+
     async def update_agent(self, agent_id: str, **values: Any) -> None:
         await self.conn.execute(update(t.agents).where(t.agents.c.id == agent_id).values(**values))
 

@@ -36,7 +36,8 @@ from conveyor import protocol as p
 from conveyor.server.service import ServerHandle
 
 COMMAND = "echo T=$EPOCHREALTIME"
-PIPELINE = f'steps:\n  - label: latency\n    command: "{COMMAND}"\n'
+# `$$` in a pipeline leaves one `$` for the shell (a single `$` is interpolated at creation).
+PIPELINE = f'steps:\n  - label: latency\n    command: "{COMMAND.replace("$", "$$")}"\n'
 _STAMP = re.compile(rb"T=(\d+)[.,](\d+)")
 
 

@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 from blockbuster import BlockBuster, blockbuster_ctx
 
+from conveyor.storage import Store, open_database
+
 POSTGRES_ADMIN_URL = os.environ.get(
     "CONVEYOR_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres"
 )
@@ -102,3 +104,14 @@ async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncI
         yield url
     finally:
         await _drop_pg_database(name)
+
+
+@pytest.fixture
+async def store(database_url: str) -> AsyncIterator[Store]:
+    """A migrated, empty database on each backend, opened directly (no server)."""
+    db = await open_database(database_url)
+    opened = Store(db)
+    try:
+        yield opened
+    finally:
+        await opened.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -48,15 +49,49 @@ class ApiClient:
         _raise_for(response)
         return response
 
-    async def create_build(self, pipeline: str, body: p.CreateBuildRequest) -> p.BuildOut:
+    async def _send(self, method: str, path: str, json: Any = None) -> httpx.Response:
         try:
-            response = await self._http.post(
-                f"/pipelines/{pipeline}/builds", json=body.model_dump(mode="json")
-            )
+            response = await self._http.request(method, path, json=json)
         except httpx.TransportError as exc:
             raise ConveyorError(f"cannot reach the server at {self._http.base_url}: {exc}") from exc
         _raise_for(response)
+        return response
+
+    async def create_build(self, pipeline: str, body: p.CreateBuildRequest) -> p.BuildOut:
+        """Without `body.pipeline` the build runs the pipeline's stored steps; fields left
+        unset (e.g. the branch) get the server's defaults."""
+        json = body.model_dump(mode="json", exclude_unset=True)
+        response = await self._send("POST", f"/pipelines/{pipeline}/builds", json)
         return p.BuildOut.model_validate_json(response.content)
+
+    async def set_pipeline(self, slug: str, body: p.PipelineIn) -> p.PipelineOut:
+        """Create or change a pipeline; only the fields set on `body` are sent."""
+        response = await self._send(
+            "PUT", f"/pipelines/{slug}", body.model_dump(mode="json", exclude_unset=True)
+        )
+        return p.PipelineOut.model_validate_json(response.content)
+
+    async def list_pipelines(self) -> list[p.PipelineOut]:
+        response = await self._get("/pipelines")
+        return [p.PipelineOut.model_validate(item) for item in response.json()]
+
+    async def get_pipeline(self, slug: str) -> p.PipelineOut:
+        response = await self._get(f"/pipelines/{slug}")
+        return p.PipelineOut.model_validate_json(response.content)
+
+    async def unblock_step(
+        self, pipeline: str, number: int, step: str, fields: dict[str, str | list[str]]
+    ) -> p.BuildOut:
+        response = await self._send(
+            "POST",
+            f"/pipelines/{pipeline}/builds/{number}/steps/{quote(step, safe='')}/unblock",
+            p.UnblockRequest(fields=fields).model_dump(mode="json"),
+        )
+        return p.BuildOut.model_validate_json(response.content)
+
+    async def retry_job(self, job_id: str) -> p.JobOut:
+        response = await self._send("POST", f"/jobs/{quote(job_id, safe='')}/retry")
+        return p.JobOut.model_validate_json(response.content)
 
     async def get_build(
         self, pipeline: str, number: int, *, wait: float = 0, after: str | None = None

@@ -58,6 +58,8 @@ FINISH = Backoff(attempts=12, base=1, cap=120)
 STATE = Backoff(attempts=3, base=0.5, cap=2)
 # A job that waits for its dependencies is asked for again, for up to about ten minutes.
 ACQUIRE = Backoff(attempts=60, base=1, cap=10)
+# Uploads carry an id, so a retry after a lost answer adds nothing twice.
+UPLOAD = Backoff(attempts=6, base=1, cap=10)
 
 
 async def retrying(what: str, policy: Backoff, call: Callable[[], Awaitable[R]]) -> R:
@@ -238,4 +240,12 @@ class JobClient(_Base):
         await self._call_empty(
             "finish", FINISH, "PUT", f"/jobs/{self.job_id}/finish",
             json=body.model_dump(mode="json"),
+        )  # fmt: skip
+
+    async def upload_pipeline(self, body: p.PipelineUploadRequest) -> p.PipelineUploadResponse:
+        """Add steps to the job's build (`conveyor pipeline upload`). Give `upload_id` so the
+        retries this makes are safe."""
+        return await self._call(
+            "pipeline upload", UPLOAD, "POST", f"/jobs/{self.job_id}/pipelines",
+            p.PipelineUploadResponse, json=body.model_dump(mode="json"),
         )  # fmt: skip

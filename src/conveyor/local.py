@@ -3,32 +3,40 @@
 The server (SQLite in a temporary or given data dir, on a loopback port) and the agents are the
 same code that runs apart in production; jobs run in the working tree itself, and every local
 agent may run every step, whatever its `agents:` rules say.
+
+Every step kind works: a trigger step builds the pipeline file named for its slug (`--trigger
+SLUG=FILE`, else `SLUG.yml` beside the pipeline file); when the build is blocked, block and
+input steps are unblocked with `--unblock` (field values from `--field`, else their defaults),
+or by answering prompts on a terminal. `conveyor pipeline upload` inside a job adds steps.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 import shutil
 import signal
 import sys
 import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
 import anyio
 import anyio.to_thread
+import httpx
 from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from conveyor import protocol as p
 from conveyor.agent import AgentPool, WorkerOptions
+from conveyor.agent.jobenv import without_settings
 from conveyor.api_client import ApiClient
 from conveyor.config import RunSettings, ServerSettings
-from conveyor.errors import ConveyorError
-from conveyor.pipeline import parse_pipeline
+from conveyor.errors import ConveyorError, api_error
+from conveyor.pipeline import TriggerStep, parse_pipeline, walk
 from conveyor.report import BuildReporter
 from conveyor.server.service import ServerHandle, run_server
 
@@ -171,12 +179,15 @@ async def run_local(
     workdir: Path,
     out: TextIO | None = None,
     env: dict[str, str] | None = None,
+    unblock: Unblocker | None = None,
+    triggers: dict[str, Path] | None = None,
 ) -> LocalResult:
     text = await anyio.Path(pipeline_file).read_text()
-    # Reject a bad pipeline before anything starts.
-    await anyio.to_thread.run_sync(
-        functools.partial(parse_pipeline, text, filename=str(pipeline_file))
+    # Reject a bad pipeline (or a bad triggered one) before anything starts.
+    pipelines = await anyio.to_thread.run_sync(
+        functools.partial(_trigger_files, pipeline_file, text, triggers or {})
     )
+    unblock = unblock or Unblocker()
     console = Console(out or sys.stdout)
     result = LocalResult(build=None, interrupted=False)
     async with _data_dir(settings.data_dir) as data_dir, anyio.create_task_group() as outer:
@@ -187,8 +198,9 @@ async def run_local(
                     listen="127.0.0.1:0", data_dir=data_dir, log_level="warning"
                 )
                 handle: ServerHandle = await tg.start(_server, server_settings)
+                await _register(handle, pipelines)
                 await _run_build(handle, tg, text, pipeline_file, settings, workdir, env,
-                                 console, result)  # fmt: skip
+                                 console, result, unblock)  # fmt: skip
                 tg.cancel_scope.cancel()
         finally:
             console.close()
@@ -205,6 +217,7 @@ async def _run_build(
     env: dict[str, str] | None,
     console: Console,
     result: LocalResult,
+    unblock: Unblocker,
 ) -> None:
     assert handle.registration_token and handle.api_token
     pool = AgentPool(
@@ -235,7 +248,12 @@ async def _run_build(
         created = await api.create_build(
             LOCAL_PIPELINE,
             p.CreateBuildRequest(
-                pipeline=text, filename=str(pipeline_file), message="conveyor run", env=env or {}
+                pipeline=text,
+                filename=str(pipeline_file),
+                message="conveyor run",
+                # `$HOME` in a local pipeline means this shell's HOME, as it would on an agent
+                # that uploads the pipeline; Conveyor's own settings stay out.
+                env=without_settings(os.environ) if env is None else env,
             ),
         )
         for warning in created.warnings:
@@ -247,6 +265,10 @@ async def _run_build(
             async for build in api.follow_build(LOCAL_PIPELINE, created.number):
                 reporter.update(build)
                 await _flush(writer, console)
+                if build.state == p.BuildState.BLOCKED:
+                    await _flush(writer, console)
+                    if not await unblock.unblock(handle, build, console):
+                        await api.cancel_build(build.pipeline, build.number)
         result.build = await api.get_build(LOCAL_PIPELINE, created.number)
         reporter.update(result.build)
         reporter.summary(result.build)
@@ -286,3 +308,124 @@ async def _on_interrupt(
             pool.stop()
             pool.cancel_jobs(p.SignalReason.CANCEL)
             await api.cancel_build(build.pipeline, build.number)
+
+
+def _trigger_files(pipeline_file: Path, text: str, given: dict[str, Path]) -> dict[str, str]:
+    """The pipelines trigger steps name, slug → YAML text, following triggers of triggers.
+
+    Parses every file on the way, so a bad one is reported before anything runs. A slug with
+    no file is left out: its trigger step fails, saying so.
+    """
+    found: dict[str, str] = {}
+    todo = [(pipeline_file, text)]
+    while todo:
+        path, source = todo.pop()
+        pipeline = parse_pipeline(source, filename=str(path))
+        for step, _ in walk(pipeline.steps):
+            if not isinstance(step, TriggerStep) or step.pipeline in found:
+                continue
+            candidates = (
+                [given[step.pipeline]]
+                if step.pipeline in given
+                else [pipeline_file.parent / f"{step.pipeline}{ext}" for ext in (".yml", ".yaml")]
+            )
+            target = next((c for c in candidates if c.is_file()), None)
+            if target is None:
+                if step.pipeline in given:
+                    raise ConveyorError(
+                        f"--trigger {step.pipeline}={given[step.pipeline]}: no such file"
+                    )
+                print(
+                    f"warning: trigger step {step.label or step.pipeline!r} names pipeline "
+                    f"{step.pipeline!r}, but neither {' nor '.join(map(str, candidates))} "
+                    "exists (pass --trigger SLUG=FILE): it will fail",
+                    file=sys.stderr,
+                )
+                continue
+            found[step.pipeline] = target.read_text()
+            todo.append((target, found[step.pipeline]))
+    return found
+
+
+async def _register(handle: ServerHandle, pipelines: dict[str, str]) -> None:
+    """Store the triggered pipelines' steps on the embedded server."""
+    if not pipelines:
+        return
+    async with _rest(handle) as http:
+        for slug, text in pipelines.items():
+            response = await http.put(f"/pipelines/{slug}", json={"steps": text})
+            if response.status_code >= 400:
+                raise api_error(response)
+
+
+def _rest(handle: ServerHandle) -> httpx.AsyncClient:
+    return httpx.AsyncClient(
+        base_url=handle.url + p.REST_PREFIX,
+        headers={"Authorization": f"Token {handle.api_token}"},
+        timeout=30,
+    )
+
+
+@dataclass
+class Unblocker:
+    """How `conveyor run` answers block and input steps: `auto` unblocks them with `fields`
+    (else each field's default); otherwise a terminal is asked, and without one the build
+    cannot go on."""
+
+    auto: bool = False
+    fields: dict[str, str] = field(default_factory=dict)
+    interactive: bool | None = None  # None: when standard input is a terminal
+
+    async def unblock(self, handle: ServerHandle, build: p.BuildOut, console: Console) -> bool:
+        """Unblock what blocks the build; False when nothing could be (the build is canceled)."""
+        blocked = [s for s in build.steps if s.state == "blocked"]
+        interactive = sys.stdin.isatty() if self.interactive is None else self.interactive
+        if not blocked:
+            return True
+        async with _rest(handle) as http:
+            for step in blocked:
+                name = step.label or step.key or step.kind
+                if self.auto:
+                    values = {
+                        f.key: self.fields[f.key] for f in step.fields if f.key in self.fields
+                    }
+                    await console.print(f"unblocking {name!r} (--unblock)\n")
+                elif interactive:
+                    answers = await anyio.to_thread.run_sync(_ask, step)
+                    if answers is None:
+                        await console.print(f"{name!r} was not unblocked: canceling the build\n")
+                        return False
+                    values = answers
+                else:
+                    await console.print(
+                        f"{name!r} is blocked and there is no terminal to ask: rerun with "
+                        "--unblock (and --field KEY=VALUE for its fields); canceling the build\n"
+                    )
+                    return False
+                response = await http.post(
+                    f"/pipelines/{build.pipeline}/builds/{build.number}/steps/{step.id}/unblock",
+                    json={"fields": values},
+                )
+                if response.status_code >= 400:
+                    await console.print(f"cannot unblock {name!r}: {api_error(response)}\n")
+                    return False
+        return True
+
+
+def _ask(step: p.StepOut) -> dict[str, str] | None:
+    """Prompt on the terminal for a blocked step: confirm, then each field."""
+    name = step.label or step.key or step.kind
+    if step.prompt:
+        print(step.prompt)
+    if input(f"{name}: unblock? [y/N] ").strip().lower() not in ("y", "yes"):
+        return None
+    values: dict[str, str] = {}
+    for f in step.fields:
+        hint = f" ({f.hint})" if f.hint else ""
+        options = f" [{', '.join(o.value for o in f.options)}]" if f.options else ""
+        default = f.default if isinstance(f.default, str) else ", ".join(f.default or [])
+        shown = f" (default {default})" if default else ""
+        answer = input(f"  {f.label}{hint}{options}{shown}: ").strip()
+        if answer:
+            values[f.key] = answer
+    return values

@@ -77,6 +77,10 @@ def can_transition(old: JobState, new: JobState) -> bool:
 class BuildState(enum.StrEnum):
     SCHEDULED = "scheduled"
     RUNNING = "running"
+    BLOCKED = "blocked"
+    """Nothing can run until someone unblocks a block or input step."""
+    FAILING = "failing"
+    """A step failed; steps that do not depend on it still run."""
     PASSED = "passed"
     FAILED = "failed"
     CANCELING = "canceling"
@@ -85,6 +89,31 @@ class BuildState(enum.StrEnum):
     @property
     def terminal(self) -> bool:
         return self in {BuildState.PASSED, BuildState.FAILED, BuildState.CANCELED}
+
+
+_ACTIVE = frozenset(
+    {
+        BuildState.RUNNING,
+        BuildState.BLOCKED,
+        BuildState.FAILING,
+        BuildState.PASSED,
+        BuildState.FAILED,
+        BuildState.CANCELING,
+    }
+)
+
+BUILD_TRANSITIONS: dict[BuildState, frozenset[BuildState]] = {
+    BuildState.SCHEDULED: _ACTIVE,
+    BuildState.RUNNING: _ACTIVE - {BuildState.RUNNING},
+    BuildState.BLOCKED: _ACTIVE - {BuildState.BLOCKED},
+    BuildState.FAILING: _ACTIVE - {BuildState.FAILING, BuildState.PASSED},
+    # A manual retry reopens a finished build.
+    BuildState.PASSED: frozenset({BuildState.RUNNING}),
+    BuildState.FAILED: frozenset({BuildState.RUNNING}),
+    BuildState.CANCELING: frozenset({BuildState.CANCELED}),
+    BuildState.CANCELED: frozenset(),
+}
+"""Every build state change the scheduler may make; storage refuses any other."""
 
 
 class SignalReason(enum.StrEnum):
@@ -229,6 +258,32 @@ class ErrorBody(_Model):
     message: str
 
 
+class PipelineUploadRequest(_Model):
+    """`conveyor pipeline upload` from inside a job: steps to add to the job's build."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    pipeline: str = Field(min_length=1, description="the pipeline YAML (or JSON) text")
+    filename: str = Field(
+        default="pipeline.yml", max_length=1000, description="shown in error messages"
+    )
+    replace: bool = Field(
+        default=False, description="first remove the build's steps that have not started"
+    )
+    upload_id: str | None = Field(
+        default=None,
+        max_length=64,
+        description="makes a retried upload safe: an upload of this job with the same id is "
+        "answered with the first one's result and adds nothing",
+    )
+
+
+class PipelineUploadResponse(_Model):
+    steps_added: int = Field(description="steps inserted after the uploading step")
+    steps_removed: int = Field(default=0, description="pending steps removed by `replace`")
+    warnings: list[str] = Field(default_factory=list)
+
+
 PingMode = Literal["auto", "ping-only", "stream-only"]
 
 
@@ -240,14 +295,111 @@ REST_PREFIX = "/api/v1"
 class CreateBuildRequest(_Model):
     model_config = ConfigDict(extra="forbid")
 
-    pipeline: str = Field(description="the pipeline YAML (or JSON) text", min_length=1)
+    pipeline: str | None = Field(
+        default=None,
+        min_length=1,
+        description="the pipeline YAML (or JSON) text; without it the build runs the "
+        "pipeline's stored steps (`PUT /pipelines/{slug}`)",
+    )
     filename: str = Field(
         default="pipeline.yml", max_length=1000, description="shown in error messages"
     )
-    branch: str = Field(default="main", max_length=255)
+    branch: str = Field(
+        default="main",
+        max_length=255,
+        description="when not given: the pipeline's default branch (main for a new pipeline)",
+    )
     commit: str = Field(default="HEAD", max_length=255)
     message: str = ""
     env: dict[str, str] = Field(default_factory=dict)
+
+
+class PipelineIn(_Model):
+    """`PUT /pipelines/{slug}`: create a pipeline, or change the fields given."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = Field(default=None, min_length=1, max_length=200)
+    repository: str | None = Field(default=None, max_length=1000)
+    default_branch: str | None = Field(default=None, min_length=1, max_length=255)
+    steps: str | None = Field(
+        default=None,
+        min_length=1,
+        description="the pipeline YAML a build gets when none is given; checked before it is "
+        "stored. `null` removes the stored steps",
+    )
+    steps_file: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=500,
+        description="the file in the checkout to upload when there are no stored steps",
+    )
+    filename: str = Field(
+        default="steps",
+        max_length=1000,
+        description="the name `steps` came from, shown in error messages",
+    )
+
+
+class PipelineOut(_Model):
+    id: str
+    slug: str
+    name: str
+    repository: str
+    default_branch: str
+    steps: str | None
+    steps_file: str
+
+
+class UnblockRequest(_Model):
+    model_config = ConfigDict(extra="forbid")
+
+    fields: dict[str, str | list[str]] = Field(
+        default_factory=dict,
+        description="values of the step's fields by key; they become build meta-data",
+    )
+
+
+class FieldOption(_Model):
+    label: str
+    value: str
+
+
+class FieldOut(_Model):
+    """A field of a block or input step."""
+
+    kind: str = Field(description="text or select")
+    key: str
+    label: str
+    hint: str | None = None
+    required: bool = True
+    default: str | list[str] | None = None
+    options: list[FieldOption] = Field(default_factory=list)
+    multiple: bool = False
+    format: str | None = Field(default=None, description="a regex a text value must match")
+
+
+class BuildRef(_Model):
+    pipeline: str
+    number: int
+    id: str | None = None
+
+
+class StepOut(_Model):
+    id: str
+    key: str | None
+    kind: str = Field(description="command, wait, block, input, trigger or group")
+    label: str | None
+    state: str = Field(description="pending, running, blocked, passed, failed, skipped, not_run")
+    error: str | None = Field(default=None, description="why the step failed without running")
+    triggered_build: BuildRef | None = Field(
+        default=None, description="for a trigger step: the build it created"
+    )
+    prompt: str | None = None
+    fields: list[FieldOut] = Field(
+        default_factory=list, description="for a block or input step: what unblocking asks for"
+    )
+    depends_on: list[str] = Field(default_factory=list, description="ids of steps")
 
 
 class JobOut(_Model):
@@ -269,6 +421,10 @@ class JobOut(_Model):
     )
     log_size: int
     chunks_failed_count: int
+    soft_failed: bool = Field(
+        default=False, description="it failed, but its step's soft_fail says that is fine"
+    )
+    step_id: str | None = None
     created_at: datetime
     runnable_at: datetime | None
     started_at: datetime | None
@@ -287,11 +443,13 @@ class BuildOut(_Model):
     started_at: datetime | None
     finished_at: datetime | None
     jobs: list[JobOut] = Field(default_factory=list)
+    steps: list[StepOut] = Field(default_factory=list)
+    meta_data: dict[str, str] = Field(default_factory=dict)
     warnings: list[str] = Field(default_factory=list)
     version: str = Field(
         default="",
-        description="changes whenever the build or one of its jobs changes; pass it back as "
-        "`after` with `wait` to be answered at the next change",
+        description="changes whenever the build, one of its steps or one of its jobs changes; "
+        "pass it back as `after` with `wait` to be answered at the next change",
     )
 
 

@@ -39,6 +39,58 @@ def describe(job: p.JobOut) -> str:
         if job.signal_reason:
             text += f", {job.signal_reason}"
         text += ")"
+    if job.soft_failed:
+        text += " (soft fail: the build does not fail for it)"
+    if job.attempt > 1:
+        text += f" (attempt {job.attempt})"
+    return text
+
+
+_STEP_MARKS = {
+    "pending": " ",
+    "running": "▶",
+    "blocked": "⏸",
+    "passed": "✔",
+    "failed": "✘",
+    "skipped": "-",
+    "not_run": "-",
+}
+
+
+def step_name(step: p.StepOut) -> str:
+    if step.label:
+        return step.label
+    if step.key:
+        return step.key
+    return step.kind
+
+
+def unblock_command(build: p.BuildOut, step: p.StepOut) -> str:
+    """The command that unblocks a blocked step, with a placeholder per field."""
+    words = ["conveyor build unblock", build.pipeline, str(build.number), step.key or step.id]
+    for field in step.fields:
+        if field.kind == "select" and field.options:
+            placeholder = "|".join(o.value for o in field.options)
+        else:
+            placeholder = field.hint or field.label or "VALUE"
+        if not field.required:
+            placeholder += " (optional)"
+        words.append(f"--field '{field.key}={placeholder}'")
+    return " ".join(words)
+
+
+def describe_step(build: p.BuildOut, step: p.StepOut) -> str:
+    """One line: mark, name, state, and what the state calls for (an error, a triggered
+    build, how to unblock)."""
+    text = f"{_STEP_MARKS.get(step.state, ' ')} {step_name(step)}: {step.state.replace('_', ' ')}"
+    if step.kind not in ("command", "group") and step_name(step) != step.kind:
+        text += f" ({step.kind})"
+    if step.error:
+        text += f": {step.error}"
+    if step.triggered_build is not None:
+        text += f" → build {step.triggered_build.pipeline}#{step.triggered_build.number}"
+    if step.state == "blocked":
+        text += f"; unblock with: {unblock_command(build, step)}"
     return text
 
 
@@ -56,6 +108,14 @@ class BuildReporter:
         self._seen: dict[str, str] = {}
 
     def update(self, build: p.BuildOut) -> None:
+        for step in build.steps:
+            # Said once: a blocked step (the build waits for someone), or a step that failed
+            # without a job to show why.
+            if step.state == "blocked" or (step.state == "failed" and step.error):
+                seen = f"step:{step.id}"
+                if self._seen.get(seen) != step.state:
+                    self._seen[seen] = step.state
+                    print(describe_step(build, step), file=self.out, flush=True)
         for job in build.jobs:
             outcome = job_outcome(job)
             if outcome == "waiting":

@@ -18,11 +18,11 @@ async def test_valid_and_invalid_files(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yml"
     await anyio.Path(bad).write_text("steps:\n  - label: tests\n    command: x\n    env: [a]\n")
     warned = tmp_path / "warned.yml"
-    await anyio.Path(warned).write_text("steps:\n  - command: x\n    parallelism: 3\n")
+    await anyio.Path(warned).write_text("steps:\n  - command: x\n    flavour: mint\n")
     good = await conveyor("pipeline", "check", str(REPO / "examples" / "pipeline.yml"), str(warned))
     assert good.returncode == 0
     assert "pipeline.yml: ok (5 steps)" in good.stdout
-    assert f"{warned}:3:5: unknown or not yet supported key 'parallelism'" in good.stderr
+    assert f"{warned}:3:5: unknown or not yet supported key 'flavour'" in good.stderr
 
     result = await conveyor("pipeline", "check", str(bad), str(warned))
     assert result.returncode == 1
@@ -48,3 +48,14 @@ async def test_unreadable_file_and_stdin(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert b"-: ok (2 steps)" in done.stdout
     assert sys.executable in CONVEYOR
+
+
+async def test_a_depends_on_cycle_is_an_error(tmp_path: Path) -> None:
+    # `a` waits for `c`, which comes after a wait that waits for `a`.
+    cyclic = tmp_path / "cyclic.yml"
+    await anyio.Path(cyclic).write_text(
+        "steps:\n  - {key: a, command: a, depends_on: c}\n  - wait\n  - {key: c, command: c}\n"
+    )
+    result = await conveyor("pipeline", "check", str(cyclic))
+    assert result.returncode == 1
+    assert f"error: {cyclic}:2: depends_on forms a cycle in step 'a'" in result.stderr

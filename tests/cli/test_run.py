@@ -79,7 +79,7 @@ async def test_no_pty_mode(tmp_path: Path) -> None:
     [
         ("steps:\n  - command: [echo, {a: b}]\n", "p.yml:2:"),
         ("steps:\n  - label: x\n    command: echo\n  bad: [\n", "p.yml:4"),
-        ("steps:\n  - block: nope\n", "block steps are not supported"),
+        ("steps:\n  - trigger: [nope]\n", "p.yml:2"),
     ],
 )
 async def test_bad_pipeline_is_a_clear_error(tmp_path: Path, content: str, message: str) -> None:

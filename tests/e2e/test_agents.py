@@ -86,7 +86,8 @@ async def test_job_whose_token_is_refused_is_cancelled(database_url: str, tmp_pa
         running_agents(server, tmp_path / "builds", spawn=1),
     ):
         build = await api.create_build(
-            f"steps:\n  - command: echo $$ > {pidfile}; while true; do echo tick; sleep 0.2; done\n"
+            f"steps:\n  - command: echo $$$$ > {pidfile}; "
+            "while true; do echo tick; sleep 0.2; done\n"
         )
         with anyio.fail_after(30):
             while not (text := await anyio.Path(pidfile).read_text() if pidfile.exists() else ""):
@@ -140,7 +141,7 @@ async def test_canceling_a_build_stops_its_running_job(
         Api(server) as api,
         running_agents(server, tmp_path / "builds", spawn=1, ping_mode=mode),
     ):
-        build = await api.create_build(f"steps:\n  - command: echo $$ > {pidfile}; sleep 60\n")
+        build = await api.create_build(f"steps:\n  - command: echo $$$$ > {pidfile}; sleep 60\n")
         with anyio.fail_after(30):
             while not (text := await anyio.Path(pidfile).read_text() if pidfile.exists() else ""):
                 await anyio.sleep(0.05)

@@ -341,8 +341,9 @@ BUILDS = 50
 async def test_twenty_agents_race_for_500_jobs_and_each_runs_exactly_once(
     database_url: str, tmp_path: Path
 ) -> None:
-    # Each job prints its own id, so a run leaves a mark that names its job.
-    pipeline = "steps:\n" + "  - command: echo ran-$CONVEYOR_JOB_ID\n" * JOBS_PER_BUILD
+    # Each job prints its own id, so a run leaves a mark that names its job (`$$` keeps the
+    # variable for the shell: a single `$` would be interpolated when the build is created).
+    pipeline = "steps:\n" + "  - command: echo ran-$$CONVEYOR_JOB_ID\n" * JOBS_PER_BUILD
     async with (
         running_server(database_url, tmp_path / "srv") as server,
         Api(server) as api,

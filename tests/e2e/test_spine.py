@@ -22,7 +22,7 @@ steps:
   - label: forty-two
     command: echo out; echo err >&2; exit 42
   - label: sigterm
-    command: sh -c 'kill -TERM $$'
+    command: sh -c 'kill -TERM $$$$'  # $$ is an escaped $ in pipelines
   - label: sigkill-child
     command: sleep 30 & kill -KILL $!; wait $!
 """

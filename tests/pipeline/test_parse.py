@@ -6,14 +6,25 @@ import textwrap
 
 import pytest
 
+from conveyor.errors import PipelineError
 from conveyor.pipeline import (
+    BlockStep,
     CommandStep,
+    Dependency,
+    Field,
+    GroupStep,
+    ManualRetry,
     Pipeline,
+    Plugin,
     RetryRule,
+    TriggerBuild,
+    TriggerStep,
     WaitStep,
+    check_graph,
     display_label,
     parse_pipeline,
 )
+from conveyor.pipeline.steps import Option
 
 
 def parse(text: str) -> Pipeline:
@@ -187,25 +198,27 @@ def test_unmodelled_keys_keep_their_types() -> None:
         parse(
             """\
             - command: x
-              parallelism: 10
+              agent_query_rules: 10
               llamas: 3.142
               async: true
               slot: null
               when: 2002-08-15T17:18:23.18-06:00
+              parallelism: 10
               retry: {automatic: [{exit_status: -1, limit: 2}]}
             """
         )
     )
     assert step.extra == {
-        "parallelism": 10,
+        "agent_query_rules": 10,
         "llamas": 3.142,
-        "async": True,
+        "async": True,  # `async` is modelled on trigger steps only
         "slot": None,
         "when": "2002-08-15T17:18:23.18-06:00",
     }
-    assert type(step.extra["parallelism"]) is int
+    assert type(step.extra["agent_query_rules"]) is int
     assert type(step.extra["async"]) is bool
-    # `retry` is modelled: typed rules, not extra data.
+    # Modelled keys are typed fields, not extra data.
+    assert step.parallelism == 10
     assert step.retry == (RetryRule(exit_status=(-1,), limit=2),)
 
 
@@ -371,13 +384,17 @@ def test_agents_mapping_values_formatted() -> None:
 @pytest.mark.parametrize(
     ("value", "expected"),
     [
-        ("one", ("one",)),
-        ("[one, two]", ("one", "two")),
+        ("one", (Dependency("one"),)),
+        ("[one, two]", (Dependency("one"), Dependency("two"))),
         ("~", ()),
-        ("[{step: one}, two]", ("one", "two")),
+        ("[]", ()),
+        ("[{step: one}, two]", (Dependency("one"), Dependency("two"))),
+        ("[{step: one, allow_failure: true}]", (Dependency("one", allow_failure=True),)),
+        ("[{step: one, allow_failure: 'true'}]", (Dependency("one", allow_failure=True),)),
+        ("[{step: one, allow_failure: false}, two]", (Dependency("one"), Dependency("two"))),
     ],
 )
-def test_depends_on_forms(value: str, expected: tuple[str, ...]) -> None:
+def test_depends_on_forms(value: str, expected: tuple[Dependency, ...]) -> None:
     step = only_command(parse(f"- command: x\n  depends_on: {value}\n"))
     assert step.depends_on == expected
 
@@ -387,18 +404,39 @@ def test_unknown_step_keys_go_to_extra_with_warnings() -> None:
         """\
         - label: Tests
           command: make test
+          llamas: 3
+          agent_query_rules: [queue=a]
           soft_fail: true
-          timeout_in_minutes: 5
         """
     )
     step = only_command(pipeline)
-    assert step.extra == {"soft_fail": True, "timeout_in_minutes": 5}
+    assert step.extra == {"llamas": 3, "agent_query_rules": ["queue=a"]}
+    assert step.soft_fail is True
     assert pipeline.warnings == (
-        "p.yml:3:3: unknown or not yet supported key 'soft_fail' (kept, but ignored) "
-        "in step 'Tests'",
-        "p.yml:4:3: unknown or not yet supported key 'timeout_in_minutes' (kept, but ignored) "
+        "p.yml:3:3: unknown or not yet supported key 'llamas' (kept, but ignored) in step 'Tests'",
+        "p.yml:4:3: unknown or not yet supported key 'agent_query_rules' (kept, but ignored) "
         "in step 'Tests'",
     )
+
+
+def test_kept_keys_go_to_extra_without_warnings() -> None:
+    pipeline = parse(
+        """\
+        - command: x
+          notify: [github_check]
+          cache: [dist/]
+          secrets: [TOKEN]
+          signature: {algorithm: HS256}
+        """
+    )
+    step = only_command(pipeline)
+    assert step.extra == {
+        "notify": ["github_check"],
+        "cache": ["dist/"],
+        "secrets": ["TOKEN"],
+        "signature": {"algorithm": "HS256"},
+    }
+    assert pipeline.warnings == ()
 
 
 # --- wait steps -------------------------------------------------------------------------------
@@ -419,10 +457,19 @@ def test_unknown_step_keys_go_to_extra_with_warnings() -> None:
         ("- waiter: {continue_on_failure: true}", WaitStep(continue_on_failure=True, line=1)),
         ("- wait: x\n  label: L\n  id: k", WaitStep(label="L", key="k", line=1)),
         ("- wait\n  # comment", WaitStep(line=1)),
-        ("- wait: ~\n  depends_on: [a, b]", WaitStep(depends_on=("a", "b"), line=1)),
+        (
+            "- wait: ~\n  depends_on: [a, b]",
+            WaitStep(depends_on=(Dependency("a"), Dependency("b")), line=1),
+        ),
         (
             "- wait: ~\n  if: build.branch == 'main'",
-            WaitStep(extra={"if": "build.branch == 'main'"}, line=1),
+            WaitStep(condition="build.branch == 'main'", line=1),
+        ),
+        ("- wait: {wait: gate}", WaitStep(label="gate", line=1)),
+        ("- wait: ~\n  continue_on_failure: 'true'", WaitStep(continue_on_failure=True, line=1)),
+        (
+            "- wait: ~\n  allow_dependency_failure: true",
+            WaitStep(allow_dependency_failure=True, line=1),
         ),
     ],
 )
@@ -447,3 +494,520 @@ def test_display_label() -> None:
     assert long.endswith("…")
     assert display_label(CommandStep(command=" \n "), 4) == "step 4"
     assert display_label(WaitStep(), 2) == "wait"
+
+
+def test_display_label_of_other_kinds() -> None:
+    assert display_label(BlockStep(), 1) == "block"
+    assert display_label(BlockStep(kind="input"), 1) == "input"
+    assert display_label(BlockStep(label="Release?"), 1) == "Release?"
+    assert display_label(TriggerStep(pipeline="deploy"), 1) == "trigger deploy"
+    assert display_label(GroupStep(), 3) == "group 3"
+    assert display_label(GroupStep(label="Tests"), 3) == "Tests"
+
+
+# --- command step fields ----------------------------------------------------------------------
+
+
+def test_command_step_fields() -> None:
+    step = only_command(
+        parse(
+            """\
+            - label: Build
+              key: build
+              command: make
+              parallelism: 3
+              timeout_in_minutes: 15
+              priority: -2
+              artifact_paths: "dist/*;logs/*.txt"
+              concurrency: 2
+              concurrency_group: deploys
+              concurrency_method: ordered
+              cancel_on_build_failing: true
+              skip: not today
+              branches: [main, "release-* !release-old"]
+              if: build.branch == "main"
+              allow_dependency_failure: true
+            """
+        )
+    )
+    assert step == CommandStep(
+        label="Build",
+        key="build",
+        command="make",
+        parallelism=3,
+        timeout_in_minutes=15,
+        priority=-2,
+        artifact_paths=("dist/*", "logs/*.txt"),
+        concurrency=2,
+        concurrency_group="deploys",
+        cancel_on_build_failing=True,
+        skip="not today",
+        branches=("main", "release-*", "!release-old"),
+        condition='build.branch == "main"',
+        allow_dependency_failure=True,
+        extra={"concurrency_method": "ordered"},
+        line=1,
+    )
+
+
+def test_concurrency_group_alone_means_one_at_a_time() -> None:
+    step = only_command(parse("- command: x\n  concurrency_group: g\n"))
+    assert (step.concurrency, step.concurrency_group) == (1, "g")
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("true", True),
+        ("false", False),
+        ("'true'", True),
+        ("~", False),
+        ("[{exit_status: 1}, {exit_status: -1}]", (1, -1)),
+        ("[{exit_status: 1}, {exit_status: '*'}]", True),
+        ("[]", ()),
+    ],
+)
+def test_soft_fail_forms(value: str, expected: bool | tuple[int, ...]) -> None:
+    assert only_command(parse(f"- command: x\n  soft_fail: {value}\n")).soft_fail == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("true", True), ("false", False), ("~", False), ("'reason'", "reason"), ("''", False)],
+)
+def test_skip_forms(value: str, expected: bool | str) -> None:
+    assert only_command(parse(f"- command: x\n  skip: {value}\n")).skip == expected
+
+
+@pytest.mark.parametrize(
+    ("retry", "rules", "manual"),
+    [
+        ("{automatic: true}", (RetryRule(),), ManualRetry()),
+        ("{automatic: 'true'}", (RetryRule(),), ManualRetry()),
+        ("{automatic: false}", (), ManualRetry()),
+        ("{automatic: {exit_status: '*', limit: 4}}", (RetryRule(limit=4),), ManualRetry()),
+        (
+            "{automatic: [{exit_status: [1, 2], signal_reason: agent_stop}, {signal: term}]}",
+            (
+                RetryRule(exit_status=(1, 2), signal_reason="agent_stop"),
+                RetryRule(signal="SIGTERM"),
+            ),
+            ManualRetry(),
+        ),
+        # limit 0 (as the schema allows) shields one status from the catch-all rule after it.
+        (
+            "{automatic: [{exit_status: 3, limit: 0}, {exit_status: '*'}]}",
+            (RetryRule(exit_status=(3,), limit=0), RetryRule()),
+            ManualRetry(),
+        ),
+        ("{manual: false}", (), ManualRetry(allowed=False)),
+        ("{manual: 'false'}", (), ManualRetry(allowed=False)),
+        (
+            "{manual: {allowed: false, reason: frozen, permit_on_passed: 'true'}}",
+            (),
+            ManualRetry(allowed=False, reason="frozen", permit_on_passed=True),
+        ),
+        ("~", (), ManualRetry()),
+    ],
+)
+def test_retry_forms(retry: str, rules: tuple[RetryRule, ...], manual: ManualRetry) -> None:
+    step = only_command(parse(f"- command: x\n  retry: {retry}\n"))
+    assert step.retry == rules
+    assert step.manual_retry == manual
+
+
+def test_retry_limit_zero_never_retries() -> None:
+    (shield, catch_all) = only_command(
+        parse("- command: x\n  retry: {automatic: [{exit_status: 3, limit: 0}, {limit: 2}]}\n")
+    ).retry
+    assert shield.matches(3, None) and shield.limit == 0
+    assert catch_all.matches(3, None)  # the first rule that matches decides: `shield`
+
+
+def test_plugin_forms_and_sources() -> None:
+    pipeline = parse(
+        """\
+        - command: x
+          plugins:
+            - docker#v5.8.0: {image: alpine}
+            - shellcheck#v1.0.0
+            - my-org/thing#main: ~
+            - ./local/plugin: {a: 1}
+            - https://example.com/p.git#v1: []
+            - github.com/org/repo-buildkite-plugin#v2: {}
+        - plugins:
+            docker-compose#v4: {run: app}
+            junit: ~
+        - command: y
+          plugins: ~
+        """
+    )
+    first, legacy, none = pipeline.steps
+    assert isinstance(first, CommandStep)
+    assert first.plugins == (
+        Plugin("github.com/buildkite-plugins/docker-buildkite-plugin#v5.8.0", {"image": "alpine"}),
+        Plugin("github.com/buildkite-plugins/shellcheck-buildkite-plugin#v1.0.0"),
+        Plugin("github.com/my-org/thing-buildkite-plugin#main"),
+        Plugin("./local/plugin", {"a": 1}),
+        Plugin("https://example.com/p.git#v1"),
+        Plugin("github.com/org/repo-buildkite-plugin#v2"),
+    )
+    assert isinstance(legacy, CommandStep)
+    assert [p.source for p in legacy.plugins] == [
+        "github.com/buildkite-plugins/docker-compose-buildkite-plugin#v4",
+        "github.com/buildkite-plugins/junit-buildkite-plugin",
+    ]
+    assert legacy.command == ""
+    assert isinstance(none, CommandStep)
+    assert none.plugins == ()
+    # Only the step that has nothing but plugins is worth a warning: its job does nothing.
+    (warning,) = pipeline.warnings
+    assert warning.startswith("p.yml:9:3: this step has only plugins, which are not run yet")
+
+
+def test_matrix_on_a_command_step() -> None:
+    step = only_command(
+        parse(
+            """\
+            - command: "make {{matrix.os}}"
+              label: "{{matrix.os}} build"
+              matrix:
+                setup:
+                  os: [linux, mac]
+                adjustments:
+                  - with: {os: bsd}
+                    soft_fail: true
+            """
+        )
+    )
+    assert step.matrix is not None
+    assert [(job.values, job.extra) for job in step.matrix.jobs()] == [
+        ({"os": "linux"}, {}),
+        ({"os": "mac"}, {}),
+        ({"os": "bsd"}, {"soft_fail": True}),
+    ]
+
+
+def test_nested_command_forms_read_the_inner_keys() -> None:
+    pipeline = parse(
+        """\
+        - command: {command: make, label: inner}
+        - script: {command: [a, b], key: s}
+          label: outer
+        - commands: {commands: make test}
+        """
+    )
+    a, b, c = pipeline.steps
+    assert isinstance(a, CommandStep) and (a.command, a.label) == ("make", "inner")
+    assert isinstance(b, CommandStep) and (b.command, b.key, b.label) == ("a\nb", "s", "outer")
+    assert isinstance(c, CommandStep) and c.command == "make test"
+
+
+# --- block and input steps --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("- block", BlockStep(line=1)),
+        ("- input", BlockStep(kind="input", line=1)),
+        ("- manual", BlockStep(line=1)),
+        ("- block: Release?", BlockStep(label="Release?", line=1)),
+        ("- block: Release?\n  label: Ship it", BlockStep(label="Ship it", line=1)),
+        ("- type: input\n  label: Ask", BlockStep(kind="input", label="Ask", line=1)),
+        ("- manual: Go?\n  key: go", BlockStep(label="Go?", key="go", line=1)),
+        ("- block: {block: Nested, key: n}", BlockStep(label="Nested", key="n", line=1)),
+        ("- input: {key: i, prompt: P}", BlockStep(kind="input", key="i", prompt="P", line=1)),
+        (
+            "- block: B\n  blocked_state: running",
+            BlockStep(label="B", blocked_state="running", line=1),
+        ),
+        (
+            "- block: B\n  allowed_teams: [ops]",
+            BlockStep(label="B", extra={"allowed_teams": ["ops"]}, line=1),
+        ),
+    ],
+)
+def test_block_forms(text: str, expected: BlockStep) -> None:
+    pipeline = parse_pipeline(text)
+    assert pipeline.steps == (expected,)
+    assert pipeline.warnings == ()
+
+
+def test_block_fields() -> None:
+    (step,) = parse(
+        """\
+        - block: Release
+          prompt: Details please
+          fields:
+            - text: Version
+              key: version
+              hint: like 1.2.3
+              format: "[0-9.]+"
+            - key: notes
+              required: false
+              default: none
+            - select: Stream
+              key: stream
+              default: beta
+              options:
+                - {label: Stable, value: stable}
+                - {label: Beta, value: beta}
+            - key: regions
+              multiple: true
+              default: [eu, us]
+              options:
+                - {label: Europe, value: eu}
+                - {label: America, value: us}
+              required: 'false'
+        """
+    ).steps
+    assert isinstance(step, BlockStep)
+    assert step.prompt == "Details please"
+    assert step.fields == (
+        Field(kind="text", key="version", label="Version", hint="like 1.2.3", format="[0-9.]+"),
+        # No label: a text field named by its key, as the schema allows.
+        Field(kind="text", key="notes", label="notes", required=False, default="none"),
+        Field(
+            kind="select",
+            key="stream",
+            label="Stream",
+            default="beta",
+            options=(Option("Stable", "stable"), Option("Beta", "beta")),
+        ),
+        Field(
+            kind="select",
+            key="regions",
+            label="regions",
+            multiple=True,
+            default=("eu", "us"),
+            options=(Option("Europe", "eu"), Option("America", "us")),
+            required=False,
+        ),
+    )
+
+
+def test_blocked_state_on_an_input_step_is_accepted_with_a_warning() -> None:
+    pipeline = parse("- input: Who?\n  blocked_state: failed\n")
+    (step,) = pipeline.steps
+    assert isinstance(step, BlockStep)
+    assert (step.kind, step.blocked_state) == ("input", "passed")
+    assert pipeline.warnings == (
+        "p.yml:2:3: 'blocked_state' has no effect on an input step in step 'Who?'",
+    )
+
+
+# --- trigger steps ----------------------------------------------------------------------------
+
+
+def test_trigger_step_fields() -> None:
+    (step,) = parse(
+        """\
+        - trigger: deploy-app
+          label: Deploy
+          key: deploy
+          async: true
+          soft_fail: [{exit_status: 3}]
+          skip: false
+          depends_on: build
+          build:
+            message: "Deploy $BUILDKITE_COMMIT"
+            commit: HEAD
+            branch: main
+            env: {STAGE: prod, N: 2}
+            meta_data: {release: "1.0"}
+        """
+    ).steps
+    assert step == TriggerStep(
+        pipeline="deploy-app",
+        label="Deploy",
+        key="deploy",
+        is_async=True,
+        soft_fail=(3,),
+        depends_on=(Dependency("build"),),
+        build=TriggerBuild(
+            message="Deploy $BUILDKITE_COMMIT",
+            commit="HEAD",
+            branch="main",
+            env={"STAGE": "prod", "N": "2"},
+            meta_data={"release": "1.0"},
+        ),
+        line=1,
+    )
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "- trigger: deploy",
+        "- type: trigger\n  trigger: deploy",
+        "- trigger: {trigger: deploy}",
+        "- trigger: ' deploy '",
+        "- trigger: deploy\n  async: false\n  build: ~",
+    ],
+)
+def test_trigger_forms(text: str) -> None:
+    pipeline = parse_pipeline(text)
+    assert pipeline.steps == (TriggerStep(pipeline="deploy", line=1),)
+    assert pipeline.warnings == ()
+
+
+def test_nested_trigger_keeps_inner_and_outer_keys() -> None:
+    pipeline = parse("- trigger: {trigger: deploy, async: 'true', label: inner}\n  label: outer\n")
+    (step,) = pipeline.steps
+    assert isinstance(step, TriggerStep)
+    assert (step.pipeline, step.is_async, step.label) == ("deploy", True, "outer")
+    assert len(pipeline.warnings) == 1
+    assert "'label' is set both inside and outside 'trigger'" in pipeline.warnings[0]
+
+
+# --- group steps ------------------------------------------------------------------------------
+
+
+def test_group_step() -> None:
+    (group,) = parse(
+        """\
+        - group: ":test_tube: Tests"
+          key: tests
+          depends_on: [build]
+          if: build.branch != "wip"
+          notify: [github_check]
+          steps:
+            - command: make unit
+              key: unit
+            - wait
+            - block: More?
+            - trigger: docs
+        """
+    ).steps
+    assert isinstance(group, GroupStep)
+    assert (group.label, group.key, group.condition) == (
+        ":test_tube: Tests",
+        "tests",
+        'build.branch != "wip"',
+    )
+    assert group.depends_on == (Dependency("build"),)
+    assert group.extra == {"notify": ["github_check"]}
+    assert [type(s) for s in group.steps] == [CommandStep, WaitStep, BlockStep, TriggerStep]
+    assert [s.line for s in group.steps] == [7, 9, 10, 11]
+
+
+@pytest.mark.parametrize(
+    ("text", "label", "count"),
+    [
+        ("- group: G\n  steps: []", "G", 0),
+        ("- group: ~\n  steps: ~", None, 0),
+        ("- group: ~\n  label: L\n  steps: [wait]", "L", 1),
+        ("- group: G\n  label: L\n  steps: [wait]", "G", 1),
+        ("- type: group\n  name: N\n  steps: [wait]", "N", 1),
+    ],
+)
+def test_group_forms(text: str, label: str | None, count: int) -> None:
+    (group,) = parse_pipeline(text).steps
+    assert isinstance(group, GroupStep)
+    assert (group.label, len(group.steps)) == (label, count)
+
+
+# --- quoted booleans --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", ["'true'", '"true"', "true"])
+def test_quoted_booleans_are_accepted_as_the_schema_does(value: str) -> None:
+    pipeline = parse(
+        f"""\
+        - command: x
+          cancel_on_build_failing: {value}
+          allow_dependency_failure: {value}
+        - trigger: t
+          async: {value}
+        - wait: ~
+          continue_on_failure: {value}
+        """
+    )
+    command, trigger, wait = pipeline.steps
+    assert isinstance(command, CommandStep)
+    assert command.cancel_on_build_failing and command.allow_dependency_failure
+    assert isinstance(trigger, TriggerStep) and trigger.is_async
+    assert isinstance(wait, WaitStep) and wait.continue_on_failure
+
+
+# --- interpolation and step names -------------------------------------------------------------
+
+
+def test_interpolation_happens_before_parsing() -> None:
+    pipeline = parse_pipeline(
+        "env:\n  Q: fast\nsteps:\n  - command: echo $WHO\n    key: ${KEY:-k}\n"
+        "    agents: {queue: $Q}\n",
+        env={"WHO": "ada"},
+    )
+    step = only_command(pipeline)
+    assert (step.command, step.key, step.agents) == ("echo ada", "k", {"queue": "fast"})
+    assert pipeline.env == {"Q": "fast"}
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "step"),
+    [
+        ("- label: L\n  command: echo ${X:?must be set}\n", 2, "L"),
+        ("- wait\n- command: echo ${X?}\n", 2, "step 2"),
+        (
+            "- group: G\n  steps:\n    - command: ok\n"
+            "    - key: inner\n      command: $${X} ${X?}\n",
+            5,
+            "inner",
+        ),
+        ("- block: Go?\n  prompt: ${X:?}\n", 2, "Go?"),
+    ],
+)
+def test_interpolation_errors_name_the_step(text: str, line: int, step: str) -> None:
+    with pytest.raises(PipelineError) as caught:
+        parse_pipeline(text, filename="i.yml", env={})
+    assert (caught.value.file, caught.value.line, caught.value.step) == ("i.yml", line, step)
+    assert caught.value.problem.startswith("$X: ")
+
+
+def test_interpolation_errors_outside_steps_name_no_step() -> None:
+    text = "env:\n  A: ${X:?needed}\nsteps:\n  - command: x\n"
+    with pytest.raises(PipelineError) as caught:
+        parse_pipeline(text, filename="i.yml", env={})
+    assert (caught.value.line, caught.value.step) == (2, None)
+    assert caught.value.problem == "$X: needed"
+
+
+# --- check_graph ------------------------------------------------------------------------------
+
+
+def test_check_graph_accepts_known_and_earlier_keys() -> None:
+    pipeline = parse(
+        """\
+        - command: a
+          key: a
+        - group: G
+          key: g
+          steps:
+            - command: b
+              key: b
+              depends_on: a
+        - command: c
+          depends_on: [g, b, {step: from-before, allow_failure: true}]
+        """
+    )
+    assert check_graph(pipeline, known={"from-before"}) == []
+
+
+def test_check_graph_can_return_unknown_dependencies_as_warnings() -> None:
+    pipeline = parse("- command: a\n  depends_on: [nope, also-nope]\n")
+    warnings = check_graph(pipeline, filename="g.yml", unknown_is_error=False)
+    assert warnings == [
+        "g.yml:1: depends_on names 'nope', but no step has that key in step 'a'",
+        "g.yml:1: depends_on names 'also-nope', but no step has that key in step 'a'",
+    ]
+
+
+def test_check_graph_refuses_a_key_already_in_the_build() -> None:
+    pipeline = parse("- command: a\n  key: build\n")
+    with pytest.raises(PipelineError) as caught:
+        check_graph(pipeline, filename="g.yml", known={"build"})
+    assert str(caught.value) == (
+        "g.yml:1: key 'build' is already used by a step of this build in step 'a'"
+    )

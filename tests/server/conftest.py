@@ -11,6 +11,7 @@ import pytest
 from conveyor.client import new_http_client
 from conveyor.server.service import ServerHandle
 from tests.harness import Api, running_server
+from tests.server.drive import Driver
 
 
 @pytest.fixture
@@ -30,3 +31,9 @@ async def http(server: ServerHandle) -> AsyncIterator[httpx.AsyncClient]:
     """The agent's own HTTP client, as `conveyor.client` makes it."""
     async with new_http_client(server.url) as client:
         yield client
+
+
+@pytest.fixture
+def driver(server: ServerHandle, http: httpx.AsyncClient, api: Api) -> Driver:
+    """Moves one build along with agents that each serve one queue (see `drive.Driver`)."""
+    return Driver(server, http, api)

@@ -76,8 +76,8 @@ async def test_builds_are_listed_newest_first(api: Api) -> None:
     created = await api.create_build(ONE_STEP, slug="b", branch="dev", message="m")
     assert (created.branch, created.commit, created.message) == ("dev", "HEAD", "m")
     assert created.warnings == []
-    warned = await api.create_build("steps:\n  - command: x\n    soft_fail: true\n")
-    assert len(warned.warnings) == 1 and "soft_fail" in warned.warnings[0]
+    warned = await api.create_build("steps:\n  - command: x\n    flavour: mint\n")
+    assert len(warned.warnings) == 1 and "flavour" in warned.warnings[0]
 
 
 async def test_openapi_document_lists_both_apis(tmp_path: Path) -> None:

@@ -6,67 +6,13 @@ runs when by choosing which agent pings.
 
 from __future__ import annotations
 
-import httpx
 import pytest
 
 from conveyor import protocol as p
-from conveyor.client import AgentClient
-from conveyor.server.service import ServerHandle
 from tests.harness import Api
-from tests.server.drive import finish, new_agent, take_job
+from tests.server.drive import Driver, cmd, steps
 
 pytestmark = pytest.mark.anyio
-
-
-def steps(*lines: str) -> str:
-    return "steps:\n" + "".join(f"  {line}\n" for line in lines)
-
-
-def cmd(label: str, *extra: str) -> str:
-    """A command step on its own queue, as YAML lines."""
-    body = [f"- label: {label}", f"  command: run {label}", f"  agents: {{queue: {label}}}"]
-    return "\n  ".join(body + [f"  {e}" for e in extra])
-
-
-class Driver:
-    def __init__(self, server: ServerHandle, http: httpx.AsyncClient, api: Api):
-        self.server, self.http, self.api = server, http, api
-        self.agents: dict[str, AgentClient] = {}
-        self.build: p.BuildOut | None = None
-
-    async def create(self, pipeline: str) -> p.BuildOut:
-        self.build = await self.api.create_build(pipeline)
-        return self.build
-
-    async def refresh(self) -> p.BuildOut:
-        assert self.build is not None
-        r = await self.api.http.get(f"/api/v1/pipelines/test/builds/{self.build.number}")
-        assert r.status_code == 200, r.text
-        self.build = p.BuildOut.model_validate(r.json())
-        return self.build
-
-    async def states(self) -> dict[str, str]:
-        build = await self.refresh()
-        return {j.label: j.state.value for j in build.jobs}
-
-    async def run(self, label: str, exit_status: int = 0) -> None:
-        """The agent of `label`'s queue takes that job and finishes it with `exit_status`."""
-        if label not in self.agents:
-            self.agents[label] = await new_agent(self.http, self.server, label, {"queue": label})
-        spec, job = await take_job(self.agents[label])
-        assert spec.label == label
-        await job.start()
-        await finish(job, exit_status)
-
-    async def offered(self, label: str) -> bool:
-        if label not in self.agents:
-            self.agents[label] = await new_agent(self.http, self.server, label, {"queue": label})
-        return (await self.agents[label].ping()).job is not None
-
-
-@pytest.fixture
-def driver(server: ServerHandle, http: httpx.AsyncClient, api: Api) -> Driver:
-    return Driver(server, http, api)
 
 
 async def test_steps_after_a_wait_stay_pending_until_the_earlier_ones_finish(
@@ -103,7 +49,8 @@ async def test_a_failure_before_a_wait_skips_what_follows(driver: Driver) -> Non
         "c": "pending",
         "d": "pending",
     }
-    assert (await driver.refresh()).state == p.BuildState.RUNNING
+    # A step failed while another still runs.
+    assert (await driver.refresh()).state == p.BuildState.FAILING
     await driver.run("b")
     assert await driver.states() == {
         "a": "finished",
@@ -177,7 +124,7 @@ async def test_failed_dependency_skips_its_dependents_only(driver: Driver) -> No
         "test": "skipped",
         "docs": "scheduled",
     }
-    assert (await driver.refresh()).state == p.BuildState.RUNNING
+    assert (await driver.refresh()).state == p.BuildState.FAILING
     await driver.run("docs")
     assert (await driver.refresh()).state == p.BuildState.FAILED
 
@@ -236,9 +183,9 @@ BAD_YAML = [
     ("steps:\n  - command: a\n  -\tcommand: b\n", "ci/pipeline.yml:3"),
     ("steps: 3\n", "ci/pipeline.yml:1"),
     ("steps:\n  - command: a\n  - bogus: b\n", "ci/pipeline.yml:3"),
-    ("steps:\n  - command: a\n    key: x\n  - command: b\n    key: x\n", "ci/pipeline.yml:5"),
+    ("steps:\n  - command: a\n    key: x\n  - command: b\n    key: x\n", "ci/pipeline.yml:4"),
     ("# nothing\n", "ci/pipeline.yml:1"),
-    ("- wait\n- block: deploy?\n", "ci/pipeline.yml:2"),
+    ("- wait\n- trigger: ~\n", "ci/pipeline.yml:2"),
 ]
 
 

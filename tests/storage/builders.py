@@ -52,7 +52,10 @@ async def insert_build(tx: Tx, slug: str, steps: list[NewStep], **fields: str) -
         pipeline_text="steps: []\n",
         steps=steps,
         env={"BUILD_ENV": "1"},
-        **values,
+        branch=values["branch"],
+        commit=values["commit"],
+        message=values["message"],
+        source=values["source"],
     )
 
 

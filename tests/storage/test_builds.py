@@ -5,7 +5,7 @@ from __future__ import annotations
 import anyio
 import pytest
 
-from conveyor.errors import NotFoundError
+from conveyor.errors import InvalidStateError, NotFoundError
 from conveyor.storage import Store
 from tests.storage.builders import command_step, insert_build, wait_step
 
@@ -127,7 +127,7 @@ async def test_steps_and_jobs_are_stored_with_dependencies(store: Store) -> None
         [ids[0], ids[3]],
     ]
     assert [s.allow_dependency_failure for s in build.steps] == [False, False, True, False, False]
-    assert build.steps[2].config == {"continue_on_failure": True}
+    assert build.steps[2].config == {"continue_on_failure": True, "allow_failure": []}
 
     # Jobs: one per command step (three for "unit"), none for the wait, in step order.
     assert [ids.index(j.step_id) for j in build.jobs] == [0, 1, 1, 1, 3, 4]
@@ -156,3 +156,17 @@ async def test_steps_and_jobs_are_stored_with_dependencies(store: Store) -> None
         "running",
         build.created_at,
     )
+
+
+async def test_build_states_change_only_as_build_transitions_allow(store: Store) -> None:
+    async with store.transaction() as tx:
+        build_id = await insert_build(tx, "p", [command_step("one")])
+        await tx.set_build_state(build_id, "running")
+        await tx.set_build_state(build_id, "running")  # staying put is not a change
+        await tx.set_build_state(build_id, "canceling")
+        await tx.set_build_state(build_id, "canceled")
+    with pytest.raises(InvalidStateError, match="cannot go from canceled to running"):
+        async with store.transaction() as tx:
+            await tx.set_build_state(build_id, "running")
+    async with store.transaction() as tx:
+        assert (await tx.get_build(build_id)).state == "canceled"

@@ -32,6 +32,11 @@ _SCRUBBED = frozenset(
 )
 
 
+def without_settings(env: Mapping[str, str]) -> dict[str, str]:
+    """`env` less every variable that configures a Conveyor command."""
+    return {k: v for k, v in env.items() if k not in _SCRUBBED}
+
+
 def job_process_env(
     server_env: Mapping[str, str],
     *,
@@ -42,8 +47,7 @@ def job_process_env(
     use_pty: bool,
     base: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
-    inherited = {k: v for k, v in (os.environ if base is None else base).items()}
-    env = {k: v for k, v in inherited.items() if k not in _SCRUBBED}
+    env = without_settings(os.environ if base is None else base)
     env.update(server_env)
     facts = {
         "CONVEYOR_AGENT_NAME": agent_name,

@@ -1,4 +1,4 @@
-"""`conveyor job log`."""
+"""`conveyor job log` and `conveyor job retry`."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from conveyor.config import ClientSettings
 
 @click.group()
 def job() -> None:
-    """Inspect jobs."""
+    """Inspect and retry jobs."""
 
 
 @job.command()
@@ -38,5 +38,28 @@ def log(job_id: str, config_file: Path | None, **flags: object) -> None:
             async for data in api.job_log(job_id):
                 out.write(data)
         out.flush()
+
+    anyio.run(main)
+
+
+@job.command()
+@click.argument("job_id")
+@client_options
+@friendly_errors
+def retry(job_id: str, config_file: Path | None, **flags: object) -> None:
+    """Run a finished job again, as a new attempt, and print the new job's id.
+
+    Steps that did not run because the job failed run once the new attempt passes. A step
+    may forbid manual retries (`retry: {manual: false}`), and a passed job is retried only
+    when its step says `permit_on_passed: true`.
+    """
+    cfg = settings(ClientSettings, given(**flags), config_file)
+
+    async def main() -> None:
+        from conveyor.api_client import ApiClient
+
+        async with ApiClient.connect(cfg.endpoint, cfg.api_token) as api:
+            new = await api.retry_job(job_id)
+        click.echo(f"Retrying {new.label!r}: attempt {new.attempt} is job {new.id}")
 
     anyio.run(main)

@@ -15,9 +15,13 @@ def cli() -> None:
 
     \b
     Run a pipeline on this machine:        conveyor run [pipeline.yml]
+    Check pipeline files:                  conveyor pipeline check FILE...
     Run the dispatch server:               conveyor server
     Run build agents against a server:     conveyor agent start --token TOKEN
     Operate a server:                      conveyor build create / show, job log, agent list
+    Store pipelines on a server:           conveyor pipeline set / list / show
+    Unblock a step, retry a job:           conveyor build unblock, job retry
+    Add steps from inside a job:           conveyor pipeline upload [FILE]
 
     Every flag can also be set as CONVEYOR_<FLAG> in the environment (e.g. CONVEYOR_SPAWN=4)
     or in a YAML file given with --config; flags win over the environment, which wins over

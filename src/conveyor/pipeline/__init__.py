@@ -1,27 +1,56 @@
 """Buildkite-format pipelines: YAML 1.2 with line numbers → typed, validated steps.
 
-    parse_pipeline(text, filename=...) -> Pipeline     raises conveyor.errors.PipelineError
+    parse_pipeline(text, filename=..., env=...) -> Pipeline   raises conveyor.errors.PipelineError
     Pipeline(steps, env, agents, extra, warnings)
-    CommandStep, WaitStep; Step = CommandStep | WaitStep
-    display_label(step, index) -> str                  a short name for UIs
+    CommandStep, WaitStep, BlockStep, TriggerStep, GroupStep; Step is any of them
+    check_graph(pipeline, ...)                                 unique keys, known dependencies
+    display_label(step, index) -> str                          a short name for UIs
 
-Modules: `loader` (YAML → positioned nodes), `scalars` (Go-style formatting), `steps` and
-`document` (models), `context` and `fields` (errors, warnings, shared field readers), `command`
-and `wait` (one per step kind), `retry` (automatic retry rules), `parse` (document shape and
-step type inference).
+Modules: `loader` (YAML → positioned nodes), `interpolate` ($VAR expansion at upload),
+`scalars` (Go-style formatting), `steps` and `document` (models), `context` and `fields`
+(errors, warnings, shared field readers), one module per step kind (`command`, `wait`, `block`,
+`trigger`, `group`), `plugins`, `matrix`, `retry`, `conditions` (`if:` expressions), `parse`
+(document shape and step type inference) and `graph` (checks across steps).
 """
 
+from conveyor.pipeline.conditions import BuildFacts, parse_condition
 from conveyor.pipeline.document import Pipeline
+from conveyor.pipeline.graph import check_graph, walk
 from conveyor.pipeline.parse import parse_pipeline
 from conveyor.pipeline.retry import RetryRule
-from conveyor.pipeline.steps import CommandStep, Step, WaitStep, display_label
+from conveyor.pipeline.steps import (
+    BlockStep,
+    CommandStep,
+    Dependency,
+    Field,
+    GroupStep,
+    ManualRetry,
+    Plugin,
+    Step,
+    TriggerBuild,
+    TriggerStep,
+    WaitStep,
+    display_label,
+)
 
 __all__ = [
+    "BlockStep",
+    "BuildFacts",
     "CommandStep",
+    "Dependency",
+    "Field",
+    "GroupStep",
+    "ManualRetry",
     "Pipeline",
+    "Plugin",
     "RetryRule",
     "Step",
+    "TriggerBuild",
+    "TriggerStep",
     "WaitStep",
+    "check_graph",
     "display_label",
+    "parse_condition",
     "parse_pipeline",
+    "walk",
 ]

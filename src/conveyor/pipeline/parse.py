@@ -1,37 +1,68 @@
-"""A pipeline document → `Pipeline`: document shape, step type inference, key uniqueness.
+"""A pipeline document → `Pipeline`: document shape and step type inference.
 
 The document is a mapping with `steps:` (plus optional `env:` and `agents:`), or a bare list of
 steps. Step kinds are decided as Buildkite's parser does (see
 `research/pipeline-semantics.md` §3): `type` when present, else the first matching key of
-`command`/`commands`/`plugins`, `wait`/`waiter`, `block`/`input`/`manual`, `trigger`, `group`.
+`command`/`commands`/`plugins`/`script`, `wait`/`waiter`, `block`/`input`/`manual`, `trigger`,
+`group`. A mapping with keys of two kinds (`wait` and `command`) is refused. Keys that must be
+unique across the build, and dependencies, are checked by `graph`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from conveyor.errors import PipelineError
-from conveyor.pipeline import command, wait
+from conveyor.pipeline import block, command, group, trigger, wait
 from conveyor.pipeline.context import Context
 from conveyor.pipeline.document import Pipeline
 from conveyor.pipeline.fields import collect_extra, read_agents, read_string_map
-from conveyor.pipeline.loader import MapNode, Node, ScalarNode, SeqNode, describe, load_yaml
-from conveyor.pipeline.steps import Step, WaitStep
+from conveyor.pipeline.interpolate import interpolate_document
+from conveyor.pipeline.loader import (
+    MapNode,
+    Node,
+    ScalarNode,
+    SeqNode,
+    describe,
+    load_yaml,
+    to_plain,
+)
+from conveyor.pipeline.steps import BlockStep, Step, WaitStep
 
-UNSUPPORTED = ("block", "input", "manual", "trigger", "group")
-"""Step kinds Buildkite has that we do not run yet, in inference order."""
-TYPES = (*sorted(command.TYPES), *sorted(wait.WORDS), *UNSUPPORTED)
+TYPES = (*sorted(command.TYPES), *sorted(wait.WORDS), *block.WORDS, "trigger", "group")
 """Every value `type` may have."""
-KIND_KEYS = (*command.KEYS, *sorted(wait.WORDS), *UNSUPPORTED)
+KIND_KEYS = (*command.KEYS, *sorted(wait.WORDS), *block.WORDS, "trigger", "group")
 """The keys that decide a step's kind when it has no `type`, in the order they are checked."""
+_KIND = {
+    **{k: "command" for k in (*command.TYPES, *command.KEYS)},
+    **{k: "wait" for k in wait.WORDS},
+    **{k: "block" for k in block.WORDS},
+    "trigger": "trigger",
+    "group": "group",
+}
 
 _TOP_LEVEL = {"steps", "env", "agents"}
-_LABEL_KEYS = ("label", "name")
+_KEPT_TOP_LEVEL = {"notify", "secrets", "priority", "image"}
+_LABEL_KEYS = ("group", "label", "name", *block.WORDS, *sorted(wait.WORDS))
+"""Keys whose string value names a step in messages, best first (`block: Release?`...)."""
 _KEY_KEYS = ("key", "id", "identifier")
 
 
-def parse_pipeline(text: str, *, filename: str = "<pipeline>") -> Pipeline:
-    """Parse pipeline YAML (or JSON). Raises `PipelineError` naming file, line and step."""
+def parse_pipeline(
+    text: str,
+    *,
+    filename: str = "<pipeline>",
+    env: Mapping[str, str] | None = None,
+    prefer_runtime: bool = False,
+) -> Pipeline:
+    """Parse pipeline YAML (or JSON). Raises `PipelineError` naming file, line and step.
+
+    With `env` (the variables of the build or job uploading it), `$VAR`s are interpolated
+    first, the pipeline's own `env:` in document order before everything else; without it the
+    text is checked as written.
+    """
     try:
-        return _parse(text, Context(filename))
+        return _parse(text, Context(filename), env, prefer_runtime)
     except PipelineError:
         raise
     except Exception as exc:  # a bug of ours: still report it as a rejected pipeline
@@ -40,8 +71,25 @@ def parse_pipeline(text: str, *, filename: str = "<pipeline>") -> Pipeline:
         ) from exc
 
 
-def _parse(text: str, ctx: Context) -> Pipeline:
+def _parse(
+    text: str, ctx: Context, env: Mapping[str, str] | None, prefer_runtime: bool
+) -> Pipeline:
     root = load_yaml(text, filename=ctx.filename)
+    if root is not None and env is not None:
+        try:
+            root, _ = interpolate_document(
+                root, env, filename=ctx.filename, prefer_runtime=prefer_runtime
+            )
+        except PipelineError as exc:
+            # Interpolation sees a tree, not steps: name the step the failing text is in.
+            if exc.step is None and exc.line is not None:
+                where = (exc.line, exc.column or 1)
+                name = _step_at(root, where)
+                if name is not None:
+                    raise PipelineError(
+                        exc.problem, file=exc.file, line=exc.line, column=exc.column, step=name
+                    ) from None
+            raise
     if root is None:
         raise PipelineError(
             "the pipeline is empty: expected a mapping with 'steps' or a list of steps",
@@ -68,48 +116,42 @@ def _parse(text: str, ctx: Context) -> Pipeline:
             f"'steps' must be a list of steps, got {describe(steps_entry.value)}",
             steps_entry.value.mark,
         )
-    env = root.get("env")
+    env_entry = root.get("env")
     agents = root.get("agents")
     return Pipeline(
         steps=steps,
-        env=read_string_map(ctx, env) if env else {},
+        env=read_string_map(ctx, env_entry) if env_entry else {},
         agents=read_agents(ctx, agents) if agents else {},
-        extra=collect_extra(ctx, root, _TOP_LEVEL, what="top-level key"),
+        extra={
+            **collect_extra(ctx, root, _TOP_LEVEL | _KEPT_TOP_LEVEL, what="top-level key"),
+            **{k: to_plain(root.entries[k].value) for k in _KEPT_TOP_LEVEL if k in root},
+        },
         warnings=tuple(ctx.warnings),
     )
 
 
-def parse_steps(ctx: Context, node: SeqNode) -> tuple[Step, ...]:
-    """Parse a list of steps, then check that no two steps share a key."""
+def parse_steps(ctx: Context, node: SeqNode, *, in_group: bool = False) -> tuple[Step, ...]:
+    """Parse a list of steps (the top level, or a group's)."""
     steps: list[Step] = []
-    key_lines: dict[str, int] = {}
     for index, item in enumerate(node.items, start=1):
-        step_ctx = ctx.for_step(step_name(item, index))
-        step = parse_step(step_ctx, item, index)
-        if step.key is not None:
-            if step.key in key_lines:
-                assert isinstance(item, MapNode)
-                entry = next(item.entries[k] for k in _KEY_KEYS if k in item)
-                raise step_ctx.error(
-                    f"key {step.key!r} is already used by the step on line {key_lines[step.key]}",
-                    entry.value.mark,
-                )
-            key_lines[step.key] = step.line
-        steps.append(step)
+        step_ctx = ctx.for_step(step_name(item, index, group=ctx.step if in_group else None))
+        steps.append(parse_step(step_ctx, item, index, in_group=in_group))
     return tuple(steps)
 
 
-def parse_step(ctx: Context, node: Node, index: int) -> Step:
+def parse_step(ctx: Context, node: Node, index: int, *, in_group: bool = False) -> Step:
     """One step of any kind; `index` is its 1-based position, for messages."""
     if isinstance(node, ScalarNode) and isinstance(node.value, str):
         word = node.value
         if word in wait.WORDS:
             return WaitStep(line=node.mark.line)
-        if word in UNSUPPORTED:
-            raise ctx.error(f"{word} steps are not supported yet", node.mark)
+        if word in block.WORDS:
+            kind = "input" if word == "input" else "block"
+            return BlockStep(kind=kind, line=node.mark.line)
         raise ctx.error(
             f"step {index} is not a known step type: a step written as a bare string must be "
-            f"'wait' or 'waiter', got {_short(word)} (to run it, write `- command: ...`)",
+            f"'wait', 'waiter', 'block' or 'input', got {_short(word)} "
+            "(to run it, write `- command: ...`)",
             node.mark,
         )
     if not isinstance(node, MapNode):
@@ -119,15 +161,16 @@ def parse_step(ctx: Context, node: Node, index: int) -> Step:
 
     type_entry = node.get("type")
     if type_entry is not None:
-        kind = type_entry.value.value if isinstance(type_entry.value, ScalarNode) else None
-        if not isinstance(kind, str):
+        value = type_entry.value.value if isinstance(type_entry.value, ScalarNode) else None
+        if not isinstance(value, str):
             raise ctx.error(
                 f"'type' must be a string, got {describe(type_entry.value)}",
                 type_entry.value.mark,
             )
-        if kind not in TYPES:
+        word = value
+        if word not in TYPES:
             raise ctx.error(
-                f"step type {kind!r} is not known: expected one of {', '.join(TYPES)}",
+                f"step type {word!r} is not known: expected one of {', '.join(TYPES)}",
                 type_entry.value.mark,
             )
         where = type_entry.value.mark
@@ -140,18 +183,34 @@ def parse_step(ctx: Context, node: Node, index: int) -> Step:
                 f"{', '.join(KIND_KEYS)} or a 'type' (found keys: {keys})",
                 node.mark,
             )
-        kind = found
+        word = found
         where = node.entries[found].key_mark
+    kind = _KIND[word]
+    for other in KIND_KEYS:
+        entry = node.get(other)
+        if entry is not None and _KIND[other] != kind:
+            raise ctx.error(
+                f"a {kind} step cannot have {other!r}: a step is only one kind "
+                f"(this one is a {kind} step because of {word!r})",
+                entry.key_mark,
+            )
 
-    if kind in command.TYPES or kind in command.KEYS:
+    if kind == "command":
         return command.parse_command_step(ctx, node)
-    if kind in wait.WORDS:
+    if kind == "wait":
         return wait.parse_wait_step(ctx, node)
-    raise ctx.error(f"{kind} steps are not supported yet", where)
+    if kind == "block":
+        return block.parse_block_step(ctx, node, word)
+    if kind == "trigger":
+        return trigger.parse_trigger_step(ctx, node)
+    if in_group:
+        raise ctx.error("a group cannot contain another group", where)
+    return group.parse_group_step(ctx, node)
 
 
-def step_name(node: Node, index: int) -> str:
-    """How messages name a step: its label, else its key, else "step N" (1-based)."""
+def step_name(node: Node, index: int, *, group: str | None = None) -> str:
+    """How messages name a step: its label (or group name, or block/input/wait title), else
+    its key, else "step N" (1-based), which inside a group is "GROUP / step N"."""
     if isinstance(node, MapNode):
         for names in (_LABEL_KEYS, _KEY_KEYS):
             for name in names:
@@ -160,7 +219,36 @@ def step_name(node: Node, index: int) -> str:
                     value = entry.value.value
                     if isinstance(value, str) and value.strip():
                         return value
-    return f"step {index}"
+    # Inside a group "step 2" alone would read as the pipeline's own step 2.
+    return f"step {index}" if group is None else f"{group} / step {index}"
+
+
+def _step_at(root: Node, where: tuple[int, int]) -> str | None:
+    """The name of the step whose text holds `where` (line, column), or None when it is
+    outside every step (top-level env, anchors...)."""
+    steps = root if isinstance(root, SeqNode) else _entry_at(root, where, "steps")
+    name: str | None = None
+    while isinstance(steps, SeqNode):
+        found = [
+            (index, item)
+            for index, item in enumerate(steps.items, start=1)
+            if (item.mark.line, item.mark.column) <= where
+        ]
+        if not found:
+            break
+        index, item = found[-1]
+        name = step_name(item, index, group=name)
+        steps = _entry_at(item, where, "steps")  # inside a group's steps: name the inner one
+    return name
+
+
+def _entry_at(node: Node, where: tuple[int, int], key: str) -> Node | None:
+    """`node[key]` when `where` falls in that entry of mapping `node` (document order)."""
+    if not isinstance(node, MapNode):
+        return None
+    before = [e for e in node.entries.values() if (e.key_mark.line, e.key_mark.column) <= where]
+    last = max(before, key=lambda e: (e.key_mark.line, e.key_mark.column), default=None)
+    return last.value if last is not None and last.key == key else None
 
 
 def _short(text: str) -> str:

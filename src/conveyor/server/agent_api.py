@@ -4,19 +4,22 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import AsyncIterator
-from typing import Annotated
+from typing import Annotated, Any
 
 import anyio
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import StreamingResponse
 
 from conveyor import protocol as p
-from conveyor.errors import ConflictError, InvalidStateError, NotFoundError
-from conveyor.server import jobenv, scheduler
+from conveyor.errors import ConflictError, InvalidStateError, NotFoundError, PipelineError
+from conveyor.server import jobenv, retries, scheduler
 from conveyor.server.auth import agent_token, context, job_token, registration_token
+from conveyor.server.context import ServerContext
 from conveyor.server.dispatcher import claim_job, release_agent_jobs
+from conveyor.server.uploads import upload_pipeline as upload_steps
+from conveyor.storage import Tx
 from conveyor.storage.queries.base import utcnow
-from conveyor.storage.rows import TokenRow
+from conveyor.storage.rows import JobRow, TokenRow
 
 router = APIRouter(prefix=p.API_PREFIX, tags=["agent"])
 
@@ -24,6 +27,10 @@ AgentToken = Annotated[TokenRow, Depends(agent_token)]
 JobToken = Annotated[TokenRow, Depends(job_token)]
 
 _LIVE_JOB_STATES = ("accepted", "running", "canceling")
+# A job may add steps to its build while it runs (not once it is being canceled).
+_UPLOADING_JOB_STATES = ("accepted", "running")
+# Results of the latest uploads a step made, by upload id: a retried upload is not repeated.
+_UPLOADS_KEPT = 20
 
 
 def _agent_id(token: TokenRow) -> str:
@@ -328,7 +335,7 @@ async def finish(job_id: str, body: p.FinishRequest, request: Request, _: JobTok
         except InvalidStateError as exc:
             raise HTTPException(409, str(exc)) from None
         await tx.revoke_job_tokens(job_id)
-        await scheduler.retry_if_asked(tx, await tx.get_job(job_id))
+        await retries.retry_if_asked(tx, await tx.get_job(job_id))
         agent = None
         if job.agent_id is not None:
             await tx.set_agent_job(job.agent_id, None, succeeded=body.exit_status == 0)
@@ -339,3 +346,70 @@ async def finish(job_id: str, body: p.FinishRequest, request: Request, _: JobTok
         ctx.streams.job_done(agent)
     else:
         ctx.streams.kick()
+
+
+@router.post("/jobs/{job_id}/pipelines", response_model=p.PipelineUploadResponse, status_code=201)
+async def upload_pipeline(
+    job_id: str, body: p.PipelineUploadRequest, request: Request, _: JobToken
+) -> p.PipelineUploadResponse:
+    """`conveyor pipeline upload`: add steps to the job's build, right after the job's step.
+
+    The text is interpolated against the job's environment. A `wait` after the uploading step
+    also waits for the new steps. With `replace`, the build's steps that have not started are
+    removed first. A rejected pipeline is a 422 naming file and line, and nothing is stored.
+    Only an accepted or running job may upload (409 otherwise).
+    """
+    ctx = context(request)
+    try:
+        async with ctx.store.transaction() as tx:
+            build_id, answer = await _upload(ctx, tx, job_id, body)
+    except NotFoundError as exc:
+        raise HTTPException(404, str(exc)) from None
+    except InvalidStateError as exc:
+        raise HTTPException(409, str(exc)) from None
+    except PipelineError as exc:
+        raise HTTPException(422, str(exc)) from None
+    ctx.notifier.notify(f"build:{build_id}")
+    ctx.streams.kick()
+    return answer
+
+
+async def _upload(
+    ctx: ServerContext, tx: Tx, job_id: str, body: p.PipelineUploadRequest
+) -> tuple[str, p.PipelineUploadResponse]:
+    job = await tx.get_job(job_id)
+    await tx.lock_build(job.build_id)
+    job = await tx.get_job(job_id)
+    if job.state not in _UPLOADING_JOB_STATES:
+        raise InvalidStateError(f"job is {job.state}: it cannot upload steps")
+    before = await tx.get_build(job.build_id)
+    step = next(s for s in before.steps if s.id == job.step_id)
+    uploads: dict[str, Any] = dict(step.config.get("uploads") or {})
+    if body.upload_id is not None and body.upload_id in uploads:
+        # A retry of an upload that was stored: answer as the first time, add nothing.
+        return job.build_id, p.PipelineUploadResponse.model_validate(uploads[body.upload_id])
+    env = await _job_env(ctx, tx, job)
+    after, warnings = await upload_steps(
+        tx, job, body.pipeline, filename=body.filename, env=env, replace=body.replace
+    )
+    old_ids = {s.id for s in before.steps}
+    new_ids = {s.id for s in after.steps}
+    answer = p.PipelineUploadResponse(
+        steps_added=len(new_ids - old_ids), steps_removed=len(old_ids - new_ids), warnings=warnings
+    )
+    if body.upload_id is not None:
+        uploads[body.upload_id] = answer.model_dump(mode="json")
+        step = await tx.get_step(step.id)
+        kept = dict(list(uploads.items())[-_UPLOADS_KEPT:])
+        await tx.update_step(step.id, config={**step.config, "uploads": kept})
+    return job.build_id, answer
+
+
+async def _job_env(ctx: ServerContext, tx: Tx, job: JobRow) -> dict[str, str]:
+    """What the job's process sees of the server's env: build env, step env, Conveyor facts."""
+    build = await tx.get_build(job.build_id)
+    step = next(s for s in build.steps if s.id == job.step_id)
+    if job.agent_id is None:
+        return {**build.env, **job.env}
+    agent = await tx.get_agent(job.agent_id)
+    return jobenv.job_env(build, step, job, agent, endpoint=ctx.external_url)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from fnmatch import fnmatchcase
 
 from conveyor.protocol import SignalReason
-from conveyor.server import scheduler
+from conveyor.server import retries, scheduler
 from conveyor.storage import Tx
 from conveyor.storage.queries.base import utcnow
 from conveyor.storage.rows import AgentRow, JobRow
@@ -59,6 +59,8 @@ async def claim_job(tx: Tx, agent: AgentRow, *, match_any: bool = False) -> JobR
             seen.append(job.id)
             if not match_any and not matches(job.agent_query, agent.tags):
                 continue
+            if job.concurrency_group and not await _group_has_room(tx, job):
+                continue
             if not await tx.lock_if_free(job.id):
                 continue
             # Compare-and-set: of two agents racing for one job exactly one update matches.
@@ -68,6 +70,18 @@ async def claim_job(tx: Tx, agent: AgentRow, *, match_any: bool = False) -> JobR
                 await tx.set_agent_job(agent.id, job.id)
                 return await tx.get_job(job.id)
     return None
+
+
+async def _group_has_room(tx: Tx, job: JobRow) -> bool:
+    """A job of a concurrency group runs only while fewer than its limit hold a slot, and
+    only when it is the group's longest-waiting job (groups run in order, across builds)."""
+    assert job.concurrency_group is not None
+    # Held until the transaction ends: two claims in one group are settled one at a time.
+    await tx.lock_group(job.concurrency_group)
+    limit = job.concurrency_limit or 1
+    if await tx.running_in_group(job.concurrency_group) >= limit:
+        return False
+    return await tx.first_waiting_in_group(job.concurrency_group) == job.id
 
 
 async def release_agent_jobs(tx: Tx, agent_id: str, reason: SignalReason) -> set[str]:
@@ -92,7 +106,7 @@ async def release_agent_jobs(tx: Tx, agent_id: str, reason: SignalReason) -> set
             finished_at=utcnow(),
         )
         await tx.revoke_job_tokens(job.id)
-        await scheduler.retry_if_asked(tx, await tx.get_job(job.id))
+        await retries.retry_if_asked(tx, await tx.get_job(job.id))
         builds.add(job.build_id)
     for build_id in builds:
         await scheduler.advance_build(tx, build_id)

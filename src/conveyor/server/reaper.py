@@ -40,6 +40,22 @@ async def expire_assignments(ctx: ServerContext, older_than: float = ASSIGNMENT_
     return len(expired)
 
 
+async def expire_timeouts(ctx: ServerContext) -> int:
+    """Jobs running past their step's `timeout_in_minutes` are canceled: their agents stop
+    them, and they are marked timed out."""
+    async with ctx.store.transaction() as tx:
+        overdue = await tx.overdue_jobs(utcnow())
+        for job in overdue:
+            if await tx.transition_job(job.id, [job.state], "canceling", timed_out=1):
+                log.warning(
+                    "job %s ran past its %s minute timeout: canceling it", job.id,
+                    job.timeout_minutes,
+                )  # fmt: skip
+    for job in overdue:
+        ctx.notifier.notify(f"build:{job.build_id}")
+    return len(overdue)
+
+
 async def reap_once(ctx: ServerContext, lost_after: float) -> list[str]:
     """Mark lost agents and settle their jobs; returns the ids of the agents marked lost."""
     cutoff = utcnow() - timedelta(seconds=lost_after)
@@ -68,3 +84,4 @@ async def reaper_loop(ctx: ServerContext, lost_after: float) -> None:
         await anyio.sleep(interval)
         await reap_once(ctx, lost_after)
         await expire_assignments(ctx)
+        await expire_timeouts(ctx)

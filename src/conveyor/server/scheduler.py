@@ -1,161 +1,458 @@
-"""The scheduler turns a pipeline into steps and jobs, and moves a build along its DAG.
+"""The scheduler moves a build along its DAG (see `planner` for how steps get their order).
 
-Every step depends on a set of earlier steps. A `wait` step depends on everything since the
-previous wait; every step after a wait depends on that wait. A step becomes runnable when its
-dependencies are done: its jobs go to `scheduled` (the dispatcher hands them out). When a
-dependency failed — or was skipped because of a failure — the step is skipped instead, unless
-it allows dependency failure (`continue_on_failure` on a wait).
+Step states:
 
-Step states: pending → running → passed | failed, or pending → skipped (wait steps go straight
-from pending to passed). The build is failed as soon as all its steps are settled and any
-failed; passed when all passed or were skipped without a failure.
+    pending ─┬─> running ──> passed | failed       command, trigger and group steps
+             ├─> blocked ──> passed                block and input steps, until unblocked
+             ├─> passed                            wait steps
+             ├─> skipped                           `skip`, branch filter or `if` said no
+             └─> not_run                           a dependency failed (or the build was
+                                                   canceled); a manual retry that passes
+                                                   puts not_run steps back to pending
+
+A step is looked at once every dependency is settled (passed, failed, skipped, not_run).
+A failed or not_run dependency stops it, unless the step allows dependency failure or the
+dependency is listed with `allow_failure`. A skipped dependency does not.
+
+A command step settles when the latest attempt of each of its jobs has finished: failed if one
+of them failed and its exit status is not covered by `soft_fail`. Build states: scheduled →
+running (a job started) → failing (a step failed, others still run) → passed | failed;
+`blocked` while only unblocking can make progress; canceling → canceled.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import fnmatch
+import json
+from collections.abc import Iterable
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Any
 
-from conveyor.errors import PipelineError
-from conveyor.pipeline import CommandStep, Pipeline, RetryRule, WaitStep, display_label
+from conveyor.errors import ConveyorError, NotFoundError, PipelineError
+from conveyor.pipeline import BuildFacts, check_graph, parse_condition, parse_pipeline
 from conveyor.protocol import BuildState, JobState
+from conveyor.server.planner import plan_steps
 from conveyor.storage import Tx
 from conveyor.storage.queries.base import utcnow
-from conveyor.storage.rows import BuildRow, JobRow, NewJob, NewStep, StepRow
+from conveyor.storage.rows import BuildRow, JobRow, NewStep, StepRow
 
-SETTLED_STEP_STATES = frozenset({"passed", "failed", "skipped"})
+SETTLED = frozenset({"passed", "failed", "skipped", "not_run"})
 _STARTED_JOB_STATES = frozenset(
     {JobState.ASSIGNED, JobState.ACCEPTED, JobState.RUNNING, JobState.CANCELING, JobState.FINISHED}
 )
+_MAX_TRIGGER_DEPTH = 10
+_advancing: ContextVar[frozenset[str]] = ContextVar("_advancing", default=frozenset())
+"""Builds being advanced further up the call stack (a trigger step's build)."""
 
 
-def plan_steps(pipeline: Pipeline, *, filename: str = "<pipeline>") -> list[NewStep]:
-    """Steps with their dependencies resolved to positions; raises PipelineError."""
-    keys: dict[str, int] = {}
-    for position, step in enumerate(pipeline.steps):
-        if step.key is not None:
-            keys[step.key] = position
+# ---- creating builds ---------------------------------------------------------------------
 
-    planned: list[NewStep] = []
-    last_wait: int | None = None
-    since_wait: list[int] = []
-    for position, step in enumerate(pipeline.steps):
-        explicit: list[int] = []
-        for key in step.depends_on:
-            if key not in keys:
-                raise PipelineError(
-                    f"depends_on names {key!r}, but no step has that key",
-                    file=filename,
-                    line=step.line,
-                    step=step.label or step.key or f"step {position + 1}",
-                )
-            explicit.append(keys[key])
-        implicit = [] if last_wait is None else [last_wait]
-        if isinstance(step, WaitStep):
-            deps = sorted({*implicit, *since_wait, *explicit})
-            planned.append(
-                NewStep(
-                    kind="wait",
-                    key=step.key,
-                    label=step.label,
-                    config={"continue_on_failure": step.continue_on_failure},
-                    depends_on=deps,
-                    allow_dependency_failure=step.continue_on_failure,
-                )
-            )
-            last_wait, since_wait = position, []
+
+@dataclass(frozen=True, kw_only=True)
+class PreparedBuild:
+    """A build checked and planned, ready to store (see `prepare_build`)."""
+
+    slug: str
+    text: str
+    branch: str
+    commit: str
+    message: str
+    env: dict[str, str]
+    steps: list[NewStep]
+    warnings: list[str]
+
+
+def prepare_build(
+    slug: str,
+    text: str,
+    *,
+    filename: str = "pipeline.yml",
+    branch: str = "main",
+    commit: str = "HEAD",
+    message: str = "",
+    env: dict[str, str] | None = None,
+) -> PreparedBuild:
+    """Parse (interpolating against the build's env), check and plan a build. CPU work only,
+    so callers may run it in a worker thread. Raises PipelineError."""
+    env = dict(env or {})
+    runtime = {
+        **env,
+        "BUILDKITE_BRANCH": branch,
+        "BUILDKITE_COMMIT": commit,
+        "BUILDKITE_MESSAGE": message,
+        "BUILDKITE_PIPELINE_SLUG": slug,
+        "CONVEYOR_BRANCH": branch,
+        "CONVEYOR_COMMIT": commit,
+        "CONVEYOR_MESSAGE": message,
+        "CONVEYOR_PIPELINE_SLUG": slug,
+    }
+    pipeline = parse_pipeline(text, filename=filename, env=runtime)
+    check_graph(pipeline, filename=filename)
+    return PreparedBuild(
+        slug=slug,
+        text=text,
+        branch=branch,
+        commit=commit,
+        message=message,
+        # The pipeline's own env wins, as it does in interpolation and in every job's env.
+        env={**env, **pipeline.env},
+        steps=plan_steps(pipeline, filename=filename),
+        warnings=list(pipeline.warnings),
+    )
+
+
+async def store_build(
+    tx: Tx,
+    prepared: PreparedBuild,
+    *,
+    source: str = "api",
+    meta_data: dict[str, str] | None = None,
+    parent_step_id: str | None = None,
+) -> BuildRow:
+    """Store a prepared build and start it."""
+    build_id = await tx.insert_build(
+        pipeline_slug=prepared.slug,
+        pipeline_text=prepared.text,
+        steps=prepared.steps,
+        branch=prepared.branch,
+        commit=prepared.commit,
+        message=prepared.message,
+        env=prepared.env,
+        source=source,
+        meta_data=meta_data,
+        parent_step_id=parent_step_id,
+    )
+    return await advance_build(tx, build_id)
+
+
+def parent_group(build: BuildRow, step: StepRow) -> StepRow | None:
+    """The group `step` is in, or None."""
+    return next(
+        (s for s in build.steps if s.kind == "group" and step.id in s.config["children"]), None
+    )
+
+
+# ---- moving builds along -----------------------------------------------------------------
+
+
+async def advance_build(tx: Tx, build_id: str) -> BuildRow:
+    """Settle what can be settled and start what became runnable, until nothing changes."""
+    await tx.lock_build(build_id)
+    token = _advancing.set(_advancing.get() | {build_id})
+    try:
+        while True:
+            build = await tx.get_build(build_id)
+            if not await _advance_once(tx, build):
+                break
+        finished = await _update_build_state(tx, build)
+    finally:
+        _advancing.reset(token)
+    if finished and build.parent_step_id is not None:
+        # A triggered build ended: the trigger step that waits for it settles now (unless
+        # that build is being advanced up the stack, which will see it).
+        parent = await tx.get_step(build.parent_step_id)
+        if parent.build_id not in _advancing.get():
+            await advance_build(tx, parent.build_id)
+    return await tx.get_build(build_id)
+
+
+async def _advance_once(tx: Tx, build: BuildRow) -> bool:
+    steps = {s.id: s for s in build.steps}
+    canceling = build.state == BuildState.CANCELING
+    changed = False
+    for step in build.steps:
+        if step.state == "running":
+            outcome = await _running_outcome(tx, build, step, steps)
+            if outcome is not None:
+                await tx.set_step_state(step.id, outcome)
+                if outcome == "failed":
+                    await _cancel_on_failing(tx, build)
+                changed = True
             continue
-        assert isinstance(step, CommandStep)
-        label = display_label(step, position)
-        agents = {**pipeline.agents, **step.agents}
-        planned.append(
-            NewStep(
-                kind="command",
-                key=step.key,
-                label=label,
-                config={
-                    "command": step.command,
-                    "env": step.env,
-                    "agents": agents,
-                    "retry": [dataclasses.asdict(rule) for rule in step.retry],
-                },
-                depends_on=sorted({*implicit, *explicit}),
-                jobs=[
-                    NewJob(
-                        label=label,
-                        command=step.command,
-                        env={**pipeline.env, **step.env},
-                        agent_query=agents,
-                    )
-                ],
-            )
-        )
-        since_wait.append(position)
-    _check_acyclic(planned, pipeline, filename)
-    return planned
+        if step.state != "pending":
+            continue
+        deps = [steps[d] for d in step.depends_on if d in steps]
+        if any(d.state not in SETTLED for d in deps):
+            continue
+        allowed = set(step.config.get("allow_failure", []))
+        failed = any(d.state in ("failed", "not_run") and d.id not in allowed for d in deps)
+        if canceling or (failed and not step.allow_dependency_failure):
+            await _settle_without_running(tx, step, "not_run")
+        else:
+            await _start(tx, build, step)
+            if step.kind == "trigger":
+                return True  # a build was created: look again at fresh rows
+        changed = True
+    return changed
 
 
-def _check_acyclic(planned: list[NewStep], pipeline: Pipeline, filename: str) -> None:
-    visiting: set[int] = set()
-    done: set[int] = set()
-
-    def visit(position: int) -> None:
-        if position in done:
-            return
-        if position in visiting:
-            step = pipeline.steps[position]
-            raise PipelineError(
-                "depends_on forms a cycle",
-                file=filename,
-                line=step.line,
-                step=step.label or step.key or f"step {position + 1}",
-            )
-        visiting.add(position)
-        for dep in planned[position].depends_on:
-            visit(dep)
-        visiting.discard(position)
-        done.add(position)
-
-    for position in range(len(planned)):
-        visit(position)
+async def _settle_without_running(tx: Tx, step: StepRow, state: str) -> None:
+    await tx.set_step_state(step.id, state)
+    await tx.skip_step_jobs(step.id)
 
 
-def _step_outcome(step: StepRow, build: BuildRow) -> str | None:
-    """The settled state of a running step, or None while its job is unfinished.
+async def _start(tx: Tx, build: BuildRow, step: StepRow) -> None:
+    """The step's dependencies are settled: skip it, or run it as its kind says."""
+    reason = await _skip_reason(tx, build, step)
+    if reason is not None:
+        if reason.startswith("error: "):
+            await _fail(tx, step, reason.removeprefix("error: "))
+        else:
+            await _settle_without_running(tx, step, "skipped")
+        return
+    if step.kind == "wait":
+        await tx.set_step_state(step.id, "passed")
+    elif step.kind in ("block", "input"):
+        await tx.set_step_state(step.id, "blocked")
+    elif step.kind == "group":
+        await tx.set_step_state(step.id, "running")
+    elif step.kind == "trigger":
+        await _trigger(tx, build, step)
+    else:
+        await tx.set_step_state(step.id, "running")
+        await tx.schedule_step_jobs(step.id)
 
-    Only the latest attempt counts: a job retried after a failure decides by its retry.
-    """
-    jobs = [j for j in build.jobs if j.step_id == step.id]
-    if not jobs:
-        return "passed"
-    latest = max(jobs, key=lambda j: j.attempt)
-    if not JobState(latest.state).terminal:
+
+async def _fail(tx: Tx, step: StepRow, error: str) -> None:
+    """A step that cannot run (bad `if` at run time, unknown trigger target...) fails."""
+    await tx.update_step(step.id, config={**step.config, "error": error})
+    await _settle_without_running(tx, step, "failed")
+    await _cancel_on_failing(tx, await tx.get_build(step.build_id))
+
+
+async def _skip_reason(tx: Tx, build: BuildRow, step: StepRow) -> str | None:
+    """Why the step does not run (`skip`, branches, `if`), or None. "error: ..." on a bad
+    `if` that could only be found out now (e.g. `${X:?}`)."""
+    config = step.config
+    if config.get("skip"):
+        return "skip"
+    for patterns in config.get("branches", []):
+        if not branch_matches(build.branch, patterns):
+            return "branches"
+    conditions = config.get("conditions", [])
+    if not conditions:
         return None
-    return "passed" if latest.passed else "failed"
-
-
-async def retry_if_asked(tx: Tx, job: JobRow) -> str | None:
-    """After `job` finished: a new attempt if the step's automatic retry rules say so.
-
-    The first rule that matches the exit status and signal reason decides; it allows `limit`
-    retries (attempts after the first). Returns the new job's id, or None.
-    """
-    if job.state != JobState.FINISHED or job.passed:
-        return None
-    build = await tx.get_build(job.build_id)
-    if build.state in (BuildState.CANCELING, BuildState.CANCELED):
-        return None
-    step = next(s for s in build.steps if s.id == job.step_id)
-    for raw in step.config.get("retry", []):
-        rule = RetryRule(
-            exit_status=tuple(raw["exit_status"]) if raw["exit_status"] is not None else None,
-            signal_reason=raw["signal_reason"],
-            limit=raw["limit"],
-        )
-        if rule.matches(job.exit_status, job.signal_reason):
-            if job.attempt > rule.limit:
-                return None
-            return await tx.insert_attempt(job)
+    facts = await _facts(tx, build)
+    for text in conditions:
+        try:
+            if not parse_condition(text).evaluate(facts):
+                return "if"
+        except PipelineError as exc:
+            return f"error: the 'if' expression {text!r} failed: {exc.problem}"
     return None
+
+
+def branch_matches(branch: str, patterns: Iterable[str]) -> bool:
+    """Buildkite branch filters: any plain pattern matches (`*` wildcards), no `!` one does."""
+    patterns = list(patterns)
+    positive = [p for p in patterns if not p.startswith("!")]
+    negative = [p[1:] for p in patterns if p.startswith("!")]
+    if any(fnmatch.fnmatchcase(branch, p) for p in negative):
+        return False
+    return not positive or any(fnmatch.fnmatchcase(branch, p) for p in positive)
+
+
+async def _facts(tx: Tx, build: BuildRow) -> BuildFacts:
+    pipeline = await tx.get_pipeline(build.pipeline_slug)
+    tag = build.env.get("BUILDKITE_TAG") or build.env.get("CONVEYOR_TAG")
+    return BuildFacts(
+        branch=build.branch,
+        commit=build.commit,
+        message=build.message,
+        source=build.source,
+        tag=tag or None,
+        state=build.state,
+        id=build.id,
+        number=build.number,
+        env=build.env,
+        pipeline_slug=pipeline.slug,
+        pipeline_id=pipeline.id,
+        pipeline_default_branch=pipeline.default_branch,
+        pipeline_repository=pipeline.repository,
+    )
+
+
+async def _running_outcome(
+    tx: Tx, build: BuildRow, step: StepRow, steps: dict[str, StepRow]
+) -> str | None:
+    """The settled state of a running step, or None while it is still going."""
+    if step.kind == "group":
+        children = [steps[c] for c in step.config.get("children", []) if c in steps]
+        if any(c.state not in SETTLED for c in children):
+            return None
+        states = {c.state for c in children}
+        if "failed" in states:
+            return "failed"
+        if "passed" in states or not children:
+            return "passed"
+        return "skipped" if states == {"skipped"} else "not_run"
+    if step.kind == "trigger":
+        return await _trigger_outcome(tx, step)
+    latest = latest_attempts(j for j in build.jobs if j.step_id == step.id)
+    if any(not JobState(j.state).terminal for j in latest):
+        return None
+    failed = False
+    for job in latest:
+        if job.passed or job.state == JobState.SKIPPED:
+            continue
+        if _soft_fails(job):
+            if not job.soft_failed:
+                await tx.set_soft_failed(job.id)
+            continue
+        failed = True
+    return "failed" if failed else "passed"
+
+
+def _soft_fails(job: JobRow) -> bool:
+    if job.state != JobState.FINISHED or job.soft_fail is None or job.soft_fail is False:
+        return False
+    if job.soft_fail is True:
+        return True
+    return job.exit_status in job.soft_fail
+
+
+def lineage(job: JobRow) -> str:
+    """What the attempts of one job have in common (a step may have several jobs)."""
+    return json.dumps([job.label, job.command, sorted(job.env.items())])
+
+
+def latest_attempts(jobs: Iterable[JobRow]) -> list[JobRow]:
+    latest: dict[str, JobRow] = {}
+    for job in jobs:
+        key = lineage(job)
+        if key not in latest or job.attempt > latest[key].attempt:
+            latest[key] = job
+    return list(latest.values())
+
+
+async def _cancel_on_failing(tx: Tx, build: BuildRow) -> None:
+    """A step failed: steps with `cancel_on_build_failing` stop their jobs."""
+    for step in build.steps:
+        if step.state == "running" and step.config.get("cancel_on_build_failing"):
+            await tx.cancel_step_jobs(step.id)
+
+
+async def _update_build_state(tx: Tx, build: BuildRow) -> bool:
+    """Derive the build's state from its steps. True when the build just finished."""
+    if BuildState(build.state).terminal:
+        return False
+    states = {s.state for s in build.steps}
+    now = utcnow()
+    if states <= SETTLED:
+        if build.state == BuildState.CANCELING:
+            state = BuildState.CANCELED
+        else:
+            state = BuildState.FAILED if "failed" in states else BuildState.PASSED
+        await tx.set_build_state(
+            build.id, state, finished_at=now, started_at=build.started_at or now
+        )
+        return True
+    if build.state == BuildState.CANCELING:
+        return False
+    started = (
+        build.started_at is not None
+        or any(j.state in _STARTED_JOB_STATES for j in build.jobs)
+        or any(s.state == "running" and s.kind != "command" for s in build.steps)
+    )
+    waiting = states - SETTLED
+    if waiting <= {"blocked", "pending"} and "blocked" in states and not _can_progress(build):
+        state = BuildState.BLOCKED
+    elif "failed" in states:
+        state = BuildState.FAILING
+    elif started or build.state != BuildState.SCHEDULED:
+        state = BuildState.RUNNING
+    else:
+        state = BuildState.SCHEDULED
+    if state != build.state:
+        values: dict[str, Any] = {}
+        if build.started_at is None and state != BuildState.SCHEDULED:
+            values["started_at"] = now
+        await tx.set_build_state(build.id, state, **values)
+    return False
+
+
+def _can_progress(build: BuildRow) -> bool:
+    """Is anything running, or runnable without an unblock?"""
+    return any(s.state == "running" for s in build.steps)
+
+
+# ---- trigger steps -------------------------------------------------------------------------
+
+
+async def _trigger(tx: Tx, build: BuildRow, step: StepRow) -> None:
+    """Create the build a trigger step asks for; a failure to do so fails the step."""
+    config = step.config
+    slug = config["trigger"]
+    depth = await _trigger_depth(tx, build)
+    if depth >= _MAX_TRIGGER_DEPTH:
+        await _fail(tx, step, f"triggers are nested more than {_MAX_TRIGGER_DEPTH} deep")
+        return
+    try:
+        target = await tx.get_pipeline(slug)
+    except NotFoundError:
+        await _fail(tx, step, f"there is no pipeline {slug!r} to trigger")
+        return
+    if not target.steps:
+        await _fail(
+            tx,
+            step,
+            f"pipeline {slug!r} has no stored steps to build "
+            f"(set them with `conveyor pipeline set {slug} --steps FILE`)",
+        )
+        return
+    spec = config.get("build", {})
+    # Running before the build exists: advancing the new build may come back here.
+    await tx.set_step_state(step.id, "running")
+    try:
+        prepared = prepare_build(
+            slug,
+            target.steps,
+            filename=f"{slug} (triggered)",
+            branch=spec.get("branch") or target.default_branch,
+            commit=spec.get("commit") or "HEAD",
+            message=spec.get("message") or build.message,
+            env=dict(spec.get("env") or {}),
+        )
+        child = await store_build(
+            tx,
+            prepared,
+            source="trigger",
+            meta_data=dict(spec.get("meta_data") or {}),
+            parent_step_id=step.id,
+        )
+    except ConveyorError as exc:
+        await _fail(tx, step, f"could not create the triggered build: {exc}")
+        return
+    await tx.update_step(
+        step.id, config={**config, "triggered_build": {"id": child.id, "number": child.number}}
+    )
+    if config.get("async"):
+        await tx.set_step_state(step.id, "passed")
+
+
+async def _trigger_depth(tx: Tx, build: BuildRow) -> int:
+    depth = 0
+    while build.parent_step_id is not None and depth < _MAX_TRIGGER_DEPTH:
+        parent = await tx.get_step(build.parent_step_id)
+        build = await tx.get_build(parent.build_id)
+        depth += 1
+    return depth
+
+
+async def _trigger_outcome(tx: Tx, step: StepRow) -> str | None:
+    children = await tx.builds_of_step(step.id)
+    if not children:
+        return "failed"
+    child = await tx.get_build(children[-1])
+    if not BuildState(child.state).terminal:
+        return None
+    if child.state == BuildState.PASSED or step.config.get("soft_fail"):
+        return "passed"
+    return "failed"
+
+
+# ---- canceling -----------------------------------------------------------------------------
 
 
 async def cancel_build(tx: Tx, build_id: str) -> BuildRow:
@@ -167,63 +464,23 @@ async def cancel_build(tx: Tx, build_id: str) -> BuildRow:
         return build
     await tx.cancel_build_jobs(build_id)
     await tx.set_build_state(build_id, BuildState.CANCELING)
+    for step in build.steps:
+        if step.state == "blocked":
+            await tx.set_step_state(step.id, "not_run")
+        if step.kind == "trigger" and step.state == "running":
+            for child in await tx.builds_of_step(step.id):
+                await cancel_build(tx, child)
     return await advance_build(tx, build_id)
 
 
-async def advance_build(tx: Tx, build_id: str) -> BuildRow:
-    """Settle what can be settled and schedule what became runnable, until nothing changes."""
-    await tx.lock_build(build_id)
-    while True:
-        build = await tx.get_build(build_id)
-        if not await _advance_once(tx, build):
-            break
-    await _update_build_state(tx, build)
-    return await tx.get_build(build_id)
-
-
-async def _advance_once(tx: Tx, build: BuildRow) -> bool:
-    steps = {s.id: s for s in build.steps}
-    canceling = build.state == BuildState.CANCELING
-    changed = False
-    for step in build.steps:
-        if step.state == "running":
-            outcome = _step_outcome(step, build)
-            if outcome is not None:
-                await tx.set_step_state(step.id, outcome)
-                changed = True
-            continue
-        if step.state != "pending":
-            continue
-        deps = [steps[d] for d in step.depends_on]
-        if any(d.state not in SETTLED_STEP_STATES for d in deps):
-            continue
-        failed = any(d.state in ("failed", "skipped") for d in deps)
-        if canceling or (failed and not step.allow_dependency_failure):
-            await tx.set_step_state(step.id, "skipped")
-            await tx.skip_step_jobs(step.id)
-        elif step.kind == "wait":
-            await tx.set_step_state(step.id, "passed")
-        else:
-            await tx.set_step_state(step.id, "running")
-            await tx.schedule_step_jobs(step.id)
-        changed = True
-    return changed
-
-
-async def _update_build_state(tx: Tx, build: BuildRow) -> None:
-    if BuildState(build.state).terminal:
-        return
-    if all(s.state in SETTLED_STEP_STATES for s in build.steps):
-        failed = any(s.state == "failed" for s in build.steps)
-        if build.state == BuildState.CANCELING:
-            state = BuildState.CANCELED
-        else:
-            state = BuildState.FAILED if failed else BuildState.PASSED
-        now = utcnow()
-        await tx.set_build_state(
-            build.id, state, finished_at=now, started_at=build.started_at or now
-        )
-    elif build.state == BuildState.SCHEDULED and any(
-        j.state in _STARTED_JOB_STATES for j in build.jobs
-    ):
-        await tx.set_build_state(build.id, BuildState.RUNNING, started_at=utcnow())
+__all__ = [
+    "PreparedBuild",
+    "advance_build",
+    "branch_matches",
+    "cancel_build",
+    "latest_attempts",
+    "lineage",
+    "parent_group",
+    "prepare_build",
+    "store_build",
+]

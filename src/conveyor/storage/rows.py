@@ -40,6 +40,8 @@ class PipelineRow:
     name: str
     repository: str
     default_branch: str
+    steps: str | None = None
+    steps_file: str = ".buildkite/pipeline.yml"
 
 
 @dataclass(frozen=True)
@@ -80,6 +82,12 @@ class JobRow:
     accepted_at: datetime | None
     started_at: datetime | None
     finished_at: datetime | None
+    concurrency_group: str | None = None
+    concurrency_limit: int | None = None
+    soft_fail: bool | list[int] | None = None
+    soft_failed: bool = False
+    timeout_minutes: int | None = None
+    timed_out: bool = False
 
     @property
     def passed(self) -> bool:
@@ -101,13 +109,16 @@ class BuildRow:
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    meta_data: dict[str, str] = field(default_factory=dict)
+    parent_step_id: str | None = None
     jobs: list[JobRow] = field(default_factory=list)
     steps: list[StepRow] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
 class NewStep:
-    """A step to insert with a new build. `depends_on` holds positions of earlier steps."""
+    """A step to insert. `depends_on`, `allow_failure` and `children` hold positions in the list
+    being inserted; `depends_on_ids` names steps already in the build (pipeline uploads)."""
 
     kind: str
     key: str | None
@@ -116,6 +127,11 @@ class NewStep:
     depends_on: list[int]
     allow_dependency_failure: bool = False
     jobs: list[NewJob] = field(default_factory=list)
+    depends_on_ids: list[str] = field(default_factory=list)
+    allow_failure: list[int] = field(default_factory=list)
+    """Dependencies this step runs after even when they failed."""
+    children: list[int] = field(default_factory=list)
+    """For a group: its steps."""
 
 
 @dataclass(frozen=True)
@@ -125,3 +141,7 @@ class NewJob:
     env: dict[str, str]
     agent_query: dict[str, str]
     priority: int = 0
+    concurrency_group: str | None = None
+    concurrency_limit: int | None = None
+    soft_fail: bool | list[int] | None = None
+    timeout_minutes: int | None = None

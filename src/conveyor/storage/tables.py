@@ -96,6 +96,10 @@ pipelines = Table(
     Column("default_branch", String(255), nullable=False, default="main"),
     Column("next_build_number", Integer, nullable=False, default=1),
     Column("created_at", UTCDateTime, nullable=False),
+    # The pipeline YAML a build gets when none is given; None: upload `steps_file` from the
+    # checkout.
+    Column("steps", Text, nullable=True),
+    Column("steps_file", String(500), nullable=False, server_default=".buildkite/pipeline.yml"),
 )
 
 builds = Table(
@@ -114,6 +118,10 @@ builds = Table(
     Column("created_at", UTCDateTime, nullable=False),
     Column("started_at", UTCDateTime, nullable=True),
     Column("finished_at", UTCDateTime, nullable=True),
+    # Values set by unblocking block/input steps (and by jobs); None means {}.
+    Column("meta_data", JSON, nullable=True),
+    # The trigger step (of another build) that created this build.
+    Column("parent_step_id", String(36), nullable=True),
     UniqueConstraint("pipeline_id", "number", name="uq_builds_pipeline_number"),
 )
 
@@ -131,7 +139,7 @@ steps = Table(
     # ids of the steps that must finish first; a wait step becomes dependencies of what follows.
     Column("depends_on", JSON, nullable=False),
     Column("allow_dependency_failure", Integer, nullable=False, default=0),
-    # pending | ready | done
+    # pending | running | blocked | passed | failed | skipped | not_run (see server.scheduler)
     Column("state", String(16), nullable=False),
     UniqueConstraint("build_id", "position", name="uq_steps_build_position"),
 )
@@ -161,12 +169,24 @@ jobs = Table(
     Column("accepted_at", UTCDateTime, nullable=True),
     Column("started_at", UTCDateTime, nullable=True),
     Column("finished_at", UTCDateTime, nullable=True),
+    # At most `concurrency_limit` jobs of one group run at once, across builds.
+    Column("concurrency_group", String(255), nullable=True),
+    Column("concurrency_limit", Integer, nullable=True),
+    # The step's timeout_in_minutes: a job running longer is canceled (and marked timed out).
+    Column("timeout_minutes", Integer, nullable=True),
+    Column("timed_out", Integer, nullable=False, server_default="0"),
+    # true, or a list of exit statuses that do not fail the step; None: none.
+    Column("soft_fail", JSON, nullable=True),
+    # Failed, but `soft_fail` covers the exit status: the step passes.
+    Column("soft_failed", Integer, nullable=False, server_default="0"),
 )
 
 Index("ix_jobs_dispatch", jobs.c.state, jobs.c.priority, jobs.c.runnable_at)
 Index("ix_jobs_build", jobs.c.build_id)
 Index("ix_steps_build", steps.c.build_id)
 Index("ix_builds_created", builds.c.created_at)
+Index("ix_jobs_concurrency", jobs.c.concurrency_group, jobs.c.state)
+Index("ix_builds_parent_step", builds.c.parent_step_id)
 
 log_chunks = Table(
     "log_chunks",

@@ -8,10 +8,11 @@ from sqlalchemy import select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from conveyor.errors import NotFoundError
+from conveyor.errors import InvalidStateError, NotFoundError
+from conveyor.protocol import BUILD_TRANSITIONS, BuildState
 from conveyor.storage import tables as t
 from conveyor.storage.queries.base import QueryBase, new_id, utcnow
-from conveyor.storage.queries.jobs import job_row
+from conveyor.storage.queries.jobs import job_row, new_job_values
 from conveyor.storage.rows import BuildRow, NewStep, PipelineRow, StepRow
 
 
@@ -37,6 +38,8 @@ def _pipeline_row(r: Any) -> PipelineRow:
         name=r.name,
         repository=r.repository,
         default_branch=r.default_branch,
+        steps=r.steps,
+        steps_file=r.steps_file,
     )
 
 
@@ -93,6 +96,8 @@ class BuildQueries(QueryBase):
         message: str,
         env: dict[str, str],
         source: str,
+        meta_data: dict[str, str] | None = None,
+        parent_step_id: str | None = None,
     ) -> str:
         """Insert a build, its steps and their jobs (all pending). Returns the build id."""
         pipeline = await self.get_or_create_pipeline(pipeline_slug)
@@ -112,49 +117,121 @@ class BuildQueries(QueryBase):
                 env=env,
                 pipeline_text=pipeline_text,
                 created_at=now,
+                meta_data=meta_data or {},
+                parent_step_id=parent_step_id,
             )
         )
+        await self.insert_steps(build_id, steps, position=0)
+        return build_id
+
+    async def insert_steps(
+        self, build_id: str, steps: list[NewStep], *, position: int
+    ) -> list[str]:
+        """Insert steps (and their pending jobs) at `position`, moving later steps along.
+
+        Returns the new steps' ids, in order.
+        """
+        if not steps:
+            return []
+        later = (t.steps.c.build_id == build_id) & (t.steps.c.position >= position)
+        # Two updates, because positions are unique and a single "+ n" would collide midway.
+        await self.conn.execute(
+            update(t.steps).where(later).values(position=-t.steps.c.position - 1)
+        )
+        await self.conn.execute(
+            update(t.steps)
+            .where((t.steps.c.build_id == build_id) & (t.steps.c.position < 0))
+            .values(position=-t.steps.c.position - 1 + len(steps))
+        )
+        now = utcnow()
         step_ids = [new_id() for _ in steps]
         step_values: list[dict[str, Any]] = []
         job_values: list[dict[str, Any]] = []
-        for position, (step_id, step) in enumerate(zip(step_ids, steps, strict=True)):
+        for offset, (step_id, step) in enumerate(zip(step_ids, steps, strict=True)):
+            config = dict(step.config)
+            config["allow_failure"] = [
+                *config.pop("allow_failure_ids", []),
+                *(step_ids[p] for p in step.allow_failure),
+            ]
+            if step.kind == "group":
+                config["children"] = [step_ids[p] for p in step.children]
             step_values.append(
                 {
                     "id": step_id,
                     "build_id": build_id,
-                    "position": position,
+                    "position": position + offset,
                     "key": step.key,
                     "kind": step.kind,
                     "label": step.label,
-                    "config": step.config,
-                    "depends_on": [step_ids[p] for p in step.depends_on],
+                    "config": config,
+                    "depends_on": [*step.depends_on_ids, *(step_ids[p] for p in step.depends_on)],
                     "allow_dependency_failure": int(step.allow_dependency_failure),
                     "state": "pending",
                 }
             )
-            for job in step.jobs:
-                job_values.append(
-                    {
-                        "id": new_id(),
-                        "build_id": build_id,
-                        "step_id": step_id,
-                        "state": "pending",
-                        "label": job.label,
-                        "command": job.command,
-                        "env": job.env,
-                        "agent_query": job.agent_query,
-                        "priority": job.priority,
-                        "attempt": 1,
-                        "chunks_failed_count": 0,
-                        "log_size": 0,
-                        "created_at": now,
-                    }
-                )
-        if step_values:
-            await self.conn.execute(t.steps.insert(), step_values)
+            job_values.extend(new_job_values(build_id, step_id, job, now) for job in step.jobs)
+        await self.conn.execute(t.steps.insert(), step_values)
         if job_values:
             await self.conn.execute(t.jobs.insert(), job_values)
-        return build_id
+        return step_ids
+
+    async def delete_pending_steps(self, build_id: str) -> list[str]:
+        """Remove the steps nothing has started (`pipeline upload --replace`); their ids."""
+        rows = await self.conn.execute(
+            select(t.steps.c.id).where(t.steps.c.build_id == build_id, t.steps.c.state == "pending")
+        )
+        ids = [r.id for r in rows]
+        if ids:
+            await self.conn.execute(t.jobs.delete().where(t.jobs.c.step_id.in_(ids)))
+            await self.conn.execute(t.steps.delete().where(t.steps.c.id.in_(ids)))
+        return ids
+
+    async def update_step(self, step_id: str, **values: Any) -> None:
+        await self.conn.execute(update(t.steps).where(t.steps.c.id == step_id).values(**values))
+
+    async def set_meta_data(self, build_id: str, values: dict[str, str]) -> None:
+        r = (
+            await self.conn.execute(select(t.builds.c.meta_data).where(t.builds.c.id == build_id))
+        ).one()
+        merged = {**(r.meta_data or {}), **values}
+        await self.conn.execute(
+            update(t.builds).where(t.builds.c.id == build_id).values(meta_data=merged)
+        )
+
+    async def set_build_env(self, build_id: str, env: dict[str, str]) -> None:
+        await self.conn.execute(update(t.builds).where(t.builds.c.id == build_id).values(env=env))
+
+    async def builds_of_step(self, step_id: str) -> list[str]:
+        """Builds a trigger step created."""
+        rows = await self.conn.execute(
+            select(t.builds.c.id).where(t.builds.c.parent_step_id == step_id)
+        )
+        return [r.id for r in rows]
+
+    async def get_step(self, step_id: str) -> StepRow:
+        r = (await self.conn.execute(select(t.steps).where(t.steps.c.id == step_id))).first()
+        if r is None:
+            raise NotFoundError(f"no step {step_id}")
+        return step_row(r)
+
+    async def get_pipeline(self, slug: str) -> PipelineRow:
+        r = (await self.conn.execute(select(t.pipelines).where(t.pipelines.c.slug == slug))).first()
+        if r is None:
+            raise NotFoundError(f"no pipeline {slug!r}")
+        return _pipeline_row(r)
+
+    async def list_pipelines(self) -> list[PipelineRow]:
+        rows = await self.conn.execute(select(t.pipelines).order_by(t.pipelines.c.slug))
+        return [_pipeline_row(r) for r in rows]
+
+    async def upsert_pipeline(self, slug: str, **values: Any) -> PipelineRow:
+        """Create the pipeline, or change the given fields of the one with this slug."""
+        await self.get_or_create_pipeline(slug)
+        if values:
+            await self.conn.execute(
+                update(t.pipelines).where(t.pipelines.c.slug == slug).values(**values)
+            )
+        return await self.get_pipeline(slug)
 
     async def _build(self, where: Any) -> BuildRow:
         r = (
@@ -215,9 +292,19 @@ class BuildQueries(QueryBase):
             )
 
     async def set_build_state(self, build_id: str, state: str, **values: Any) -> None:
-        await self.conn.execute(
-            update(t.builds).where(t.builds.c.id == build_id).values(state=state, **values)
+        """Change the build's state, if BUILD_TRANSITIONS allows it from the current one."""
+        target = BuildState(state)
+        sources = [s.value for s in BuildState if target in BUILD_TRANSITIONS[s] or s == target]
+        result = await self.conn.execute(
+            update(t.builds)
+            .where(t.builds.c.id == build_id, t.builds.c.state.in_(sources))
+            .values(state=state, **values)
         )
+        if not result.rowcount:
+            current = await self.get_build(build_id)
+            raise InvalidStateError(
+                f"build #{current.number} cannot go from {current.state} to {state}"
+            )
 
     async def set_step_state(self, step_id: str, state: str) -> None:
         await self.conn.execute(update(t.steps).where(t.steps.c.id == step_id).values(state=state))
@@ -238,5 +325,7 @@ def _build_row(r: Any, **extra: Any) -> BuildRow:
         created_at=r.created_at,
         started_at=r.started_at,
         finished_at=r.finished_at,
+        meta_data=dict(r.meta_data or {}),
+        parent_step_id=r.parent_step_id,
         **extra,
     )

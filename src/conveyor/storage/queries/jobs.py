@@ -6,13 +6,13 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, text, update
 
 from conveyor.errors import InvalidStateError, NotFoundError
 from conveyor.protocol import JobState, can_transition
 from conveyor.storage import tables as t
 from conveyor.storage.queries.base import QueryBase, new_id, utcnow
-from conveyor.storage.rows import JobRow
+from conveyor.storage.rows import JobRow, NewJob
 
 
 def job_row(r: Any) -> JobRow:
@@ -39,7 +39,36 @@ def job_row(r: Any) -> JobRow:
         accepted_at=r.accepted_at,
         started_at=r.started_at,
         finished_at=r.finished_at,
+        concurrency_group=r.concurrency_group,
+        concurrency_limit=r.concurrency_limit,
+        soft_fail=r.soft_fail,
+        soft_failed=bool(r.soft_failed),
+        timeout_minutes=r.timeout_minutes,
+        timed_out=bool(r.timed_out),
     )
+
+
+def new_job_values(build_id: str, step_id: str, job: NewJob, now: datetime) -> dict[str, Any]:
+    """The row of a new pending job."""
+    return {
+        "id": new_id(),
+        "build_id": build_id,
+        "step_id": step_id,
+        "state": "pending",
+        "label": job.label,
+        "command": job.command,
+        "env": job.env,
+        "agent_query": job.agent_query,
+        "priority": job.priority,
+        "attempt": 1,
+        "chunks_failed_count": 0,
+        "log_size": 0,
+        "created_at": now,
+        "concurrency_group": job.concurrency_group,
+        "concurrency_limit": job.concurrency_limit,
+        "soft_fail": job.soft_fail,
+        "timeout_minutes": job.timeout_minutes,
+    }
 
 
 class JobQueries(QueryBase):
@@ -74,9 +103,14 @@ class JobQueries(QueryBase):
 
     async def cancel_build_jobs(self, build_id: str) -> None:
         """Jobs nothing runs yet are canceled; jobs an agent runs go to `canceling`."""
-        assigned = select(t.jobs.c.id).where(
-            t.jobs.c.build_id == build_id, t.jobs.c.state == "assigned"
-        )
+        await self._cancel_jobs(t.jobs.c.build_id == build_id)
+
+    async def cancel_step_jobs(self, step_id: str) -> None:
+        """Like `cancel_build_jobs`, for one step."""
+        await self._cancel_jobs(t.jobs.c.step_id == step_id)
+
+    async def _cancel_jobs(self, which: Any) -> None:
+        assigned = select(t.jobs.c.id).where(which, t.jobs.c.state == "assigned")
         # Agents that were offered one of these jobs hold nothing any more.
         await self.conn.execute(
             update(t.agents)
@@ -85,15 +119,12 @@ class JobQueries(QueryBase):
         )
         await self.conn.execute(
             update(t.jobs)
-            .where(
-                t.jobs.c.build_id == build_id,
-                t.jobs.c.state.in_(["pending", "scheduled", "assigned"]),
-            )
+            .where(which, t.jobs.c.state.in_(["pending", "scheduled", "assigned"]))
             .values(state="canceled", finished_at=utcnow())
         )
         await self.conn.execute(
             update(t.jobs)
-            .where(t.jobs.c.build_id == build_id, t.jobs.c.state.in_(["accepted", "running"]))
+            .where(which, t.jobs.c.state.in_(["accepted", "running"]))
             .values(state="canceling")
         )
 
@@ -151,8 +182,9 @@ class JobQueries(QueryBase):
         ).first()
         return None if r is None else job_row(r)
 
-    async def insert_attempt(self, job: JobRow) -> str:
-        """A new attempt of a finished job, runnable at once; the earlier attempt stays."""
+    async def insert_attempt(self, job: JobRow, *, state: str = "scheduled") -> str:
+        """A new attempt of a finished job, runnable at once (or `pending`); the earlier attempt
+        stays."""
         job_id = new_id()
         now = utcnow()
         await self.conn.execute(
@@ -160,7 +192,7 @@ class JobQueries(QueryBase):
                 id=job_id,
                 build_id=job.build_id,
                 step_id=job.step_id,
-                state="scheduled",
+                state=state,
                 label=job.label,
                 command=job.command,
                 env=job.env,
@@ -170,10 +202,67 @@ class JobQueries(QueryBase):
                 chunks_failed_count=0,
                 log_size=0,
                 created_at=now,
-                runnable_at=now,
+                runnable_at=now if state == "scheduled" else None,
+                concurrency_group=job.concurrency_group,
+                concurrency_limit=job.concurrency_limit,
+                soft_fail=job.soft_fail,
+                timeout_minutes=job.timeout_minutes,
             )
         )
         return job_id
+
+    async def overdue_jobs(self, now: datetime) -> list[JobRow]:
+        """Jobs running past their step's `timeout_in_minutes`."""
+        rows = await self.conn.execute(
+            select(t.jobs).where(
+                t.jobs.c.timeout_minutes.is_not(None),
+                t.jobs.c.state.in_(["accepted", "running"]),
+            )
+        )
+        overdue = []
+        for row in rows:
+            job = job_row(row)
+            began = job.started_at or job.accepted_at
+            assert job.timeout_minutes is not None
+            if began is not None and (now - began).total_seconds() > job.timeout_minutes * 60:
+                overdue.append(job)
+        return overdue
+
+    async def set_soft_failed(self, job_id: str) -> None:
+        await self.conn.execute(update(t.jobs).where(t.jobs.c.id == job_id).values(soft_failed=1))
+
+    async def running_in_group(self, group: str) -> int:
+        """How many jobs of a concurrency group hold a slot (assigned to finished)."""
+        r = (
+            await self.conn.execute(
+                select(func.count())
+                .select_from(t.jobs)
+                .where(
+                    t.jobs.c.concurrency_group == group,
+                    t.jobs.c.state.in_(["assigned", "accepted", "running", "canceling"]),
+                )
+            )
+        ).one()
+        return int(r[0])
+
+    async def first_waiting_in_group(self, group: str) -> str | None:
+        """The job of the group that has waited longest: it goes first (ordered groups)."""
+        r = (
+            await self.conn.execute(
+                select(t.jobs.c.id)
+                .where(t.jobs.c.concurrency_group == group, t.jobs.c.state == "scheduled")
+                .order_by(t.jobs.c.runnable_at, t.jobs.c.created_at, t.jobs.c.id)
+                .limit(1)
+            )
+        ).first()
+        return None if r is None else str(r.id)
+
+    async def lock_group(self, group: str) -> None:
+        """Serialise claims within one concurrency group (PostgreSQL; SQLite has one writer)."""
+        if self.backend == "postgresql":
+            await self.conn.execute(
+                text("SELECT pg_advisory_xact_lock(hashtext(:group))"), {"group": group}
+            )
 
     async def stale_assignments(self, before: datetime) -> list[JobRow]:
         rows = await self.conn.execute(

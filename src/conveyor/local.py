@@ -262,13 +262,30 @@ async def _run_build(
         writer = _ConsoleWriter()
         reporter = BuildReporter(writer)
         with follow:
-            async for build in api.follow_build(LOCAL_PIPELINE, created.number):
-                reporter.update(build)
-                await _flush(writer, console)
-                if build.state == p.BuildState.BLOCKED:
-                    await _flush(writer, console)
-                    if not await unblock.unblock(handle, build, console):
-                        await api.cancel_build(build.pipeline, build.number)
+            async with anyio.create_task_group() as builds:
+                # Triggered builds are followed too: their block steps need answers, and
+                # the run is over only when they are (an async trigger's build included).
+                followed: set[tuple[str, int]] = set()
+                asking = anyio.Lock()  # one question on the terminal at a time
+
+                async def follow_one(pipeline: str, number: int, *, top: bool = False) -> None:
+                    async for build in api.follow_build(pipeline, number):
+                        if top:
+                            reporter.update(build)
+                            await _flush(writer, console)
+                        for step in build.steps:
+                            ref = step.triggered_build
+                            if ref is not None and (ref.pipeline, ref.number) not in followed:
+                                followed.add((ref.pipeline, ref.number))
+                                builds.start_soon(follow_one, ref.pipeline, ref.number)
+                        if build.state == p.BuildState.BLOCKED:
+                            await _flush(writer, console)
+                            async with asking:
+                                unblocked = await unblock.unblock(handle, build, console)
+                            if not unblocked:
+                                await api.cancel_build(build.pipeline, build.number)
+
+                await follow_one(LOCAL_PIPELINE, created.number, top=True)
         result.build = await api.get_build(LOCAL_PIPELINE, created.number)
         reporter.update(result.build)
         reporter.summary(result.build)

@@ -167,6 +167,31 @@ async def test_a_trigger_without_a_file_fails_its_step(tmp_path: Path) -> None:
     assert "names pipeline 'elsewhere'" in result.stderr
 
 
+async def test_conveyor_run_follows_triggered_builds(tmp_path: Path) -> None:
+    """A triggered build's block step is unblocked like the top build's, and the run waits for
+    an async trigger's build, which outlives the build that triggered it."""
+    files = {
+        "pipeline.yml": "steps:\n  - trigger: release\n  - trigger: later\n    async: true\n",
+        "release.yml": "steps:\n  - block: Ship it?\n  - command: echo shipped\n",
+        "later.yml": "steps:\n  - command: sleep 1; echo later\n",
+    }
+    for name, text in files.items():
+        await anyio.Path(tmp_path / name).write_text(text)
+    data = tmp_path / "data"
+    result = await conveyor("run", "--unblock", "--data-dir", str(data), cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "unblocking 'Ship it?' (--unblock)" in result.stdout
+    assert "shipped" in result.stdout.replace("echo shipped", "")
+    store = Store(await open_database(sqlite_url(data / "conveyor.db")))
+    try:
+        async with store.transaction() as tx:
+            for slug in ("local", "release", "later"):
+                build = await tx.get_build_by_number(slug, 1)
+                assert build.state == p.BuildState.PASSED, (slug, build.state)
+    finally:
+        await store.close()
+
+
 async def test_every_step_kind_on_a_server_with_two_agents(
     database_url: str, tmp_path: Path
 ) -> None:

@@ -557,3 +557,150 @@ async def test_manual_retry_resets_only_what_waits_for_the_retried_step(
     assert [j.state for j in (await dag.build()).jobs if j.label == "y"] == ["skipped"]
     await dag.finish("b")
     assert await dag.state() == BuildState.FAILED  # x still failed
+
+
+async def test_a_block_step_inside_a_group_blocks_the_build(dag: Dag, store: Store) -> None:
+    await dag.create(
+        """
+        steps:
+          - group: release
+            steps:
+              - {label: build, command: x}
+              - block: ship?
+                key: ship
+              - {label: deploy, command: x}
+        """
+    )
+    await dag.finish("build")
+    # The group row is `running`, but only an unblock can move the build on.
+    assert (await dag.steps())["release"] == "running"
+    assert await dag.state() == BuildState.BLOCKED
+    async with store.transaction() as tx:
+        await unblock_step(tx, dag.build_id, "ship", {})
+    await dag.finish("deploy")
+    assert await dag.state() == BuildState.PASSED
+
+
+async def test_if_sees_the_build_failing_within_the_same_advance(dag: Dag) -> None:
+    await dag.create(
+        """
+        steps:
+          - {label: tests, command: x}
+          - wait: ~
+            continue_on_failure: true
+          - {label: on-failure, command: x, if: build.state == "failing"}
+          - {label: on-success, command: x, if: build.state != "failing"}
+        """
+    )
+    await dag.finish("tests", 1)
+    assert await dag.steps() == {
+        "tests": "failed",
+        "wait": "passed",
+        "on-failure": "running",
+        "on-success": "skipped",
+    }
+    await dag.finish("on-failure")
+    assert await dag.state() == BuildState.FAILED
+
+
+async def test_a_group_opens_for_steps_that_allow_its_dependency_to_fail(dag: Dag) -> None:
+    await dag.create(
+        """
+        steps:
+          - {label: tests, key: tests, command: x}
+          - group: after
+            depends_on: tests
+            steps:
+              - {label: cleanup, command: x, allow_dependency_failure: true}
+              - {label: publish, command: x}
+        """
+    )
+    await dag.finish("tests", 1)
+    # The group is open while `cleanup` runs; `publish` does not run.
+    assert await dag.steps() == {
+        "tests": "failed",
+        "after": "running",
+        "cleanup": "running",
+        "publish": "not_run",
+    }
+    await dag.finish("cleanup")
+    assert (await dag.steps())["after"] == "passed"
+    assert await dag.state() == BuildState.FAILED
+
+
+async def test_a_group_whose_dependency_failed_settles_not_run(dag: Dag) -> None:
+    await dag.create(
+        """
+        steps:
+          - {label: tests, key: tests, command: x}
+          - group: after
+            depends_on: tests
+            steps:
+              - {label: publish, command: x}
+        """
+    )
+    await dag.finish("tests", 1)
+    assert await dag.steps() == {"tests": "failed", "after": "not_run", "publish": "not_run"}
+    assert await dag.state() == BuildState.FAILED
+
+
+@pytest.mark.parametrize(
+    ("pipeline", "upload"),
+    [
+        pytest.param(
+            "steps:\n  - {label: up, key: up, command: x}\n  - wait\n"
+            "  - {label: deploy, key: deploy, command: x}\n",
+            "- {label: new, command: x, depends_on: deploy}\n",
+            id="depends-on-a-step-after-the-next-wait",
+        ),
+        pytest.param(
+            "steps:\n  - group: g\n    key: g\n    steps:\n"
+            "      - {label: up, key: up, command: x}\n",
+            "- {label: new, command: x, depends_on: g}\n",
+            id="depends-on-its-own-group",
+        ),
+    ],
+)
+async def test_an_upload_that_would_wait_for_itself_is_refused(
+    dag: Dag, store: Store, pipeline: str, upload: str
+) -> None:
+    before = await dag.create(pipeline)
+    uploader = await dag.job("up")
+    with pytest.raises(PipelineError, match=r"up\.yml:1: depends_on forms a cycle.*in step 'new'"):
+        async with store.transaction() as tx:
+            await upload_pipeline(
+                tx, await tx.get_job(uploader.id), upload, filename="up.yml", env={}
+            )
+    after = await dag.build()
+    assert [s.id for s in after.steps] == [s.id for s in before.steps]
+    assert [s.depends_on for s in after.steps] == [s.depends_on for s in before.steps]
+
+
+async def test_retrying_a_triggered_builds_job_reopens_the_trigger_step(
+    dag: Dag, store: Store
+) -> None:
+    async with store.transaction() as tx:
+        await tx.upsert_pipeline("deploy", steps="steps:\n  - {label: ship, command: x}\n")
+    parent = await dag.create(
+        "steps:\n  - {trigger: deploy, label: go}\n  - wait\n  - {label: after, command: x}\n"
+    )
+    child_id = (await dag.build()).steps[0].config["triggered_build"]["id"]
+    dag.build_id = child_id
+    await dag.finish("ship", 1)
+    dag.build_id = parent.id
+    assert await dag.steps() == {"go": "failed", "wait": "not_run", "after": "not_run"}
+    assert await dag.state() == BuildState.FAILED
+    dag.build_id = child_id
+    ship = await dag.job("ship")
+    async with store.transaction() as tx:
+        await retry_job(tx, ship.id)
+    assert await dag.state() == BuildState.RUNNING
+    dag.build_id = parent.id
+    assert await dag.state() == BuildState.RUNNING
+    assert (await dag.steps())["go"] == "running"
+    dag.build_id = child_id
+    await dag.finish("ship")
+    dag.build_id = parent.id
+    assert await dag.jobs() == {"after": "scheduled"}
+    await dag.finish("after")
+    assert await dag.state() == BuildState.PASSED

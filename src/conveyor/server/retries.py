@@ -5,7 +5,7 @@ from __future__ import annotations
 from conveyor.errors import InvalidStateError
 from conveyor.pipeline import RetryRule
 from conveyor.protocol import BuildState, JobState
-from conveyor.server.scheduler import advance_build, latest_attempts, lineage
+from conveyor.server.scheduler import SETTLED, advance_build, latest_attempts, lineage
 from conveyor.storage import Tx
 from conveyor.storage.rows import BuildRow, JobRow, StepRow
 
@@ -33,6 +33,13 @@ async def retry_job(tx: Tx, job_id: str) -> JobRow:
     if newer:
         raise InvalidStateError(f"job {job_id} was already retried (attempt {newer[-1].attempt})")
     new_id = await tx.insert_attempt(job)
+    await _reopen(tx, build, step)
+    return await tx.get_job(new_id)
+
+
+async def _reopen(tx: Tx, build: BuildRow, step: StepRow) -> None:
+    """`step` runs again: what did not run because of it goes back to pending, a finished
+    build runs again, and so does the trigger step that waited for this build."""
     await tx.set_step_state(step.id, "running")
     downstream = _downstream(build, step)
     for other in build.steps:
@@ -43,8 +50,12 @@ async def retry_job(tx: Tx, job_id: str) -> JobRow:
                     await tx.insert_attempt(old, state="pending")
     if BuildState(build.state).terminal:
         await tx.set_build_state(build.id, BuildState.RUNNING, finished_at=None)
+    if build.parent_step_id is not None:
+        trigger = await tx.get_step(build.parent_step_id)
+        if trigger.state in SETTLED and not trigger.config.get("async"):
+            await tx.lock_build(trigger.build_id)
+            await _reopen(tx, await tx.get_build(trigger.build_id), trigger)
     await advance_build(tx, build.id)
-    return await tx.get_job(new_id)
 
 
 def _downstream(build: BuildRow, step: StepRow) -> set[str]:

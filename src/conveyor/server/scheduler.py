@@ -177,7 +177,8 @@ async def _advance_once(tx: Tx, build: BuildRow) -> bool:
             continue
         allowed = set(step.config.get("allow_failure", []))
         failed = any(d.state in ("failed", "not_run") and d.id not in allowed for d in deps)
-        if canceling or (failed and not step.allow_dependency_failure):
+        # A group always opens (unless canceling): its steps may allow the failure.
+        if canceling or (failed and not step.allow_dependency_failure and step.kind != "group"):
             await _settle_without_running(tx, step, "not_run")
         else:
             await _start(tx, build, step)
@@ -262,7 +263,7 @@ async def _facts(tx: Tx, build: BuildRow) -> BuildFacts:
         message=build.message,
         source=build.source,
         tag=tag or None,
-        state=build.state,
+        state=derive_state(build).value,
         id=build.id,
         number=build.number,
         env=build.env,
@@ -334,47 +335,56 @@ async def _cancel_on_failing(tx: Tx, build: BuildRow) -> None:
 
 
 async def _update_build_state(tx: Tx, build: BuildRow) -> bool:
-    """Derive the build's state from its steps. True when the build just finished."""
+    """Store the build's state as its steps say. True when the build just finished."""
     if BuildState(build.state).terminal:
         return False
-    states = {s.state for s in build.steps}
+    state = derive_state(build)
+    if state == build.state:
+        return False
     now = utcnow()
-    if states <= SETTLED:
-        if build.state == BuildState.CANCELING:
-            state = BuildState.CANCELED
-        else:
-            state = BuildState.FAILED if "failed" in states else BuildState.PASSED
+    if state.terminal:
         await tx.set_build_state(
             build.id, state, finished_at=now, started_at=build.started_at or now
         )
         return True
+    values: dict[str, Any] = {}
+    if build.started_at is None and state != BuildState.SCHEDULED:
+        values["started_at"] = now
+    await tx.set_build_state(build.id, state, **values)
+    return False
+
+
+def derive_state(build: BuildRow) -> BuildState:
+    """The state a build's steps and jobs put it in (its stored state may lag behind within
+    one pass of `advance_build`: `if: build.state == "failing"` must see the failure)."""
+    if BuildState(build.state).terminal:
+        return BuildState(build.state)
+    states = {s.state for s in build.steps}
+    if states <= SETTLED:
+        if build.state == BuildState.CANCELING:
+            return BuildState.CANCELED
+        return BuildState.FAILED if "failed" in states else BuildState.PASSED
     if build.state == BuildState.CANCELING:
-        return False
+        return BuildState.CANCELING
     started = (
         build.started_at is not None
         or any(j.state in _STARTED_JOB_STATES for j in build.jobs)
         or any(s.state == "running" and s.kind != "command" for s in build.steps)
     )
-    waiting = states - SETTLED
-    if waiting <= {"blocked", "pending"} and "blocked" in states and not _can_progress(build):
-        state = BuildState.BLOCKED
-    elif "failed" in states:
-        state = BuildState.FAILING
-    elif started or build.state != BuildState.SCHEDULED:
-        state = BuildState.RUNNING
-    else:
-        state = BuildState.SCHEDULED
-    if state != build.state:
-        values: dict[str, Any] = {}
-        if build.started_at is None and state != BuildState.SCHEDULED:
-            values["started_at"] = now
-        await tx.set_build_state(build.id, state, **values)
-    return False
+    # A group row is `running` while its steps are: it is not progress of its own.
+    waiting = {s.state for s in build.steps if s.kind != "group"} - SETTLED
+    if waiting <= {"blocked", "pending"} and "blocked" in waiting and not _can_progress(build):
+        return BuildState.BLOCKED
+    if "failed" in states:
+        return BuildState.FAILING
+    if started or build.state != BuildState.SCHEDULED:
+        return BuildState.RUNNING
+    return BuildState.SCHEDULED
 
 
 def _can_progress(build: BuildRow) -> bool:
-    """Is anything running, or runnable without an unblock?"""
-    return any(s.state == "running" for s in build.steps)
+    """Is anything (other than a group) running?"""
+    return any(s.state == "running" and s.kind != "group" for s in build.steps)
 
 
 # ---- trigger steps -------------------------------------------------------------------------
@@ -478,6 +488,7 @@ __all__ = [
     "advance_build",
     "branch_matches",
     "cancel_build",
+    "derive_state",
     "latest_attempts",
     "lineage",
     "parent_group",

@@ -7,13 +7,13 @@ steps the uploading one runs beside. `depends_on` may name any step already in t
 
 from __future__ import annotations
 
-from conveyor.errors import InvalidStateError
+from conveyor.errors import InvalidStateError, PipelineError
 from conveyor.pipeline import check_graph, parse_pipeline
 from conveyor.protocol import BuildState
 from conveyor.server.planner import Upload, plan_steps
 from conveyor.server.scheduler import advance_build, parent_group
 from conveyor.storage import Tx
-from conveyor.storage.rows import BuildRow, JobRow, StepRow
+from conveyor.storage.rows import BuildRow, JobRow, NewStep, StepRow
 
 
 async def upload_pipeline(
@@ -43,8 +43,10 @@ async def upload_pipeline(
     planned = plan_steps(
         pipeline, filename=filename, upload=Upload(keys=known, segment=_segment(build, uploader))
     )
-    new_ids = await tx.insert_steps(build.id, planned, position=uploader.position + 1)
     group = parent_group(build, uploader)
+    barrier = _next_barrier(build, uploader)
+    _check_acyclic(build, planned, group=group, barrier=barrier, filename=filename)
+    new_ids = await tx.insert_steps(build.id, planned, position=uploader.position + 1)
     if group is not None:  # uploaded from inside a group: the new steps belong to it
         children = [*group.config["children"], *new_ids]
         await tx.update_step(group.id, config={**group.config, "children": children})
@@ -91,3 +93,49 @@ def _next_barrier(build: BuildRow, step: StepRow) -> StepRow | None:
         ),
         None,
     )
+
+
+def _check_acyclic(
+    build: BuildRow,
+    planned: list[NewStep],
+    *,
+    group: StepRow | None,
+    barrier: StepRow | None,
+    filename: str,
+) -> None:
+    """Refuse an upload whose steps would wait for themselves: `depends_on` naming a step
+    after the next `wait` (which will wait for the new steps) or the group they join."""
+    new = [f"new:{i}" for i in range(len(planned))]
+    edges: dict[str, list[str]] = {
+        s.id: [*s.depends_on, *(s.config["children"] if s.kind == "group" else [])]
+        for s in build.steps
+    }
+    for name, row in zip(new, planned, strict=True):
+        edges[name] = [*(new[i] for i in (*row.depends_on, *row.children)), *row.depends_on_ids]
+    if group is not None:
+        edges[group.id] = [*edges[group.id], *new]
+    if barrier is not None:
+        edges[barrier.id] = [*edges[barrier.id], *new]
+    done: set[str] = set()
+    visiting: set[str] = set()
+
+    def visit(node: str) -> bool:
+        if node in done or node not in edges:
+            return False
+        if node in visiting:
+            return True
+        visiting.add(node)
+        found = any(visit(dep) for dep in edges[node])
+        visiting.discard(node)
+        done.add(node)
+        return found
+
+    for name, row in zip(new, planned, strict=True):
+        if visit(name):
+            raise PipelineError(
+                "depends_on forms a cycle with the build's steps (an uploaded step cannot "
+                "depend on a step after the next wait or block, nor on its own group)",
+                file=filename,
+                line=row.config.get("line") or None,
+                step=row.label or row.key or f"step {int(name[4:]) + 1}",
+            )

@@ -424,6 +424,9 @@ class JobOut(_Model):
     soft_failed: bool = Field(
         default=False, description="it failed, but its step's soft_fail says that is fine"
     )
+    timed_out: bool = Field(
+        default=False, description="canceled because it ran past its step's timeout_in_minutes"
+    )
     step_id: str | None = None
     created_at: datetime
     runnable_at: datetime | None

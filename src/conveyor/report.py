@@ -39,6 +39,8 @@ def describe(job: p.JobOut) -> str:
         if job.signal_reason:
             text += f", {job.signal_reason}"
         text += ")"
+    if job.timed_out:
+        text += " (timed out)"
     if job.soft_failed:
         text += " (soft fail: the build does not fail for it)"
     if job.attempt > 1:

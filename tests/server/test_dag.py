@@ -14,7 +14,9 @@ import pytest
 from conveyor.errors import InvalidStateError, PipelineError
 from conveyor.protocol import BuildState
 from conveyor.server import scheduler
+from conveyor.report import describe
 from conveyor.server.dispatcher import claim_job
+from conveyor.server.rest_api import build_out
 from conveyor.server.retries import retry_if_asked, retry_job
 from conveyor.server.unblock import unblock_step
 from conveyor.server.uploads import upload_pipeline
@@ -531,6 +533,9 @@ async def test_a_job_past_its_timeout_is_canceled_and_marked(dag: Dag, store: St
     slow = await dag.job("slow")
     assert (slow.state, slow.timed_out) == ("canceling", True)
     assert (await dag.job("quick")).state == "running"  # no timeout of its own
+    shown = {j.label: j for j in build_out(await dag.build()).jobs}
+    assert (shown["slow"].timed_out, shown["quick"].timed_out) == (True, False)
+    assert "(timed out)" in describe(shown["slow"])
 
 
 async def test_manual_retry_resets_only_what_waits_for_the_retried_step(

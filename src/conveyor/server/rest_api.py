@@ -64,6 +64,7 @@ def build_out(
             log_size=j.log_size,
             chunks_failed_count=j.chunks_failed_count,
             soft_failed=j.soft_failed,
+            timed_out=j.timed_out,
             created_at=j.created_at,
             runnable_at=j.runnable_at,
             started_at=j.started_at,

@@ -13,8 +13,8 @@ import pytest
 
 from conveyor.errors import InvalidStateError, PipelineError
 from conveyor.protocol import BuildState
-from conveyor.server import scheduler
 from conveyor.report import describe
+from conveyor.server import scheduler
 from conveyor.server.dispatcher import claim_job
 from conveyor.server.rest_api import build_out
 from conveyor.server.retries import retry_if_asked, retry_job

@@ -5,7 +5,19 @@ from __future__ import annotations
 import click
 
 from conveyor import __version__
-from conveyor.cli import agent, build, job, pipeline, run, server
+from conveyor.cli import (
+    agent,
+    annotate,
+    artifact,
+    build,
+    job,
+    lock,
+    metadata,
+    pipeline,
+    run,
+    server,
+    step,
+)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -35,6 +47,12 @@ cli.add_command(agent.agent)
 cli.add_command(build.build)
 cli.add_command(job.job)
 cli.add_command(pipeline.pipeline)
+cli.add_command(metadata.meta_data)
+cli.add_command(artifact.artifact)
+cli.add_command(annotate.annotate)
+cli.add_command(annotate.annotation)
+cli.add_command(step.step)
+cli.add_command(lock.lock)
 
 
 def main() -> None:

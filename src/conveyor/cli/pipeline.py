@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import sys
 import uuid
-from collections.abc import Mapping
 from pathlib import Path
 
 import anyio
@@ -15,8 +13,9 @@ from conveyor import protocol as p
 from conveyor.cli.build import env_pairs
 from conveyor.cli.client_options import client_options
 from conveyor.cli.common import friendly_errors, given, read_pipeline_text, settings
+from conveyor.cli.injob import run_in_job
 from conveyor.config import ClientSettings
-from conveyor.errors import ConveyorError, JobGoneError
+from conveyor.errors import ConveyorError
 from conveyor.pipeline import Pipeline, check_graph, parse_pipeline
 
 # Where `conveyor pipeline upload` looks when given no file, in order (Buildkite's list, then
@@ -88,37 +87,6 @@ def _check_order(parsed: Pipeline, filename: str) -> None:
     plan_steps(parsed, filename=filename)
 
 
-def _first(env: Mapping[str, str], *names: str) -> str | None:
-    return next((env[n] for n in names if env.get(n)), None)
-
-
-def job_context(env: Mapping[str, str]) -> tuple[str, str, str]:
-    """(endpoint, job token, job id) of the job this runs in, or a clear error outside one."""
-    wanted = {
-        "CONVEYOR_AGENT_ENDPOINT": ("CONVEYOR_AGENT_ENDPOINT", "BUILDKITE_AGENT_ENDPOINT"),
-        "CONVEYOR_AGENT_ACCESS_TOKEN": (
-            "CONVEYOR_AGENT_ACCESS_TOKEN",
-            "BUILDKITE_AGENT_ACCESS_TOKEN",
-        ),
-        "CONVEYOR_JOB_ID": ("CONVEYOR_JOB_ID", "BUILDKITE_JOB_ID"),
-    }
-    found = {name: _first(env, *names) for name, names in wanted.items()}
-    missing = [name for name, value in found.items() if value is None]
-    if missing:
-        raise ConveyorError(
-            "`conveyor pipeline upload` works only inside a job: "
-            + ", ".join(missing)
-            + (" is" if len(missing) == 1 else " are")
-            + " not set (the agent sets them for the job's command). To check a file here, "
-            "run `conveyor pipeline check FILE`"
-        )
-    return (
-        found["CONVEYOR_AGENT_ENDPOINT"] or "",
-        found["CONVEYOR_AGENT_ACCESS_TOKEN"] or "",
-        found["CONVEYOR_JOB_ID"] or "",
-    )
-
-
 def find_upload_file(directory: Path) -> Path:
     for name in DEFAULT_UPLOAD_FILES:
         if (directory / name).is_file():
@@ -149,7 +117,6 @@ def upload(file: Path | None, replace: bool) -> None:
     .buildkite/pipeline.json, buildkite.yml, buildkite.yaml and .conveyor/pipeline.yml in the
     current directory is uploaded. `-` reads standard input.
     """
-    endpoint, token, job_id = job_context(os.environ)
     path = file if file is not None else find_upload_file(Path.cwd())
     text = read_pipeline_text(path)
     if not text.strip():
@@ -161,19 +128,11 @@ def upload(file: Path | None, replace: bool) -> None:
         upload_id=uuid.uuid4().hex,
     )
 
-    async def main() -> p.PipelineUploadResponse:
-        from conveyor.client import JobClient, new_http_client
-
-        async with new_http_client(endpoint) as http:
-            try:
-                return await JobClient(http, token, job_id).upload_pipeline(body)
-            except JobGoneError as exc:
-                raise ConveyorError(
-                    f"the server refused this job's token ({exc}): the job has finished, "
-                    "or this is not the job the token belongs to"
-                ) from None
-
-    answer = anyio.run(main)
+    answer = run_in_job(
+        "conveyor pipeline upload",
+        lambda job: job.upload_pipeline(body),
+        hint="To check a file here, run `conveyor pipeline check FILE`",
+    )
     for warning in answer.warnings:
         click.echo(f"warning: {warning}", err=True)
     steps = "step" if answer.steps_added == 1 else "steps"

@@ -9,7 +9,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from conveyor import __version__
 from conveyor.errors import AuthError, InvalidStateError, NotFoundError
-from conveyor.server import agent_api, agents_api, rest_api
+from conveyor.server import agent_api, agents_api, artifacts_api, injob_api, rest_api
 from conveyor.server.context import ServerContext
 
 
@@ -35,6 +35,8 @@ def create_app(ctx: ServerContext) -> FastAPI:
     app.include_router(agent_api.router)
     app.include_router(rest_api.router)
     app.include_router(agents_api.router)
+    app.include_router(injob_api.router)
+    app.include_router(artifacts_api.router)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:

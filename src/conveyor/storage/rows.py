@@ -145,3 +145,13 @@ class NewJob:
     concurrency_limit: int | None = None
     soft_fail: bool | list[int] | None = None
     timeout_minutes: int | None = None
+
+
+@dataclass(frozen=True)
+class AnnotationRow:
+    context: str
+    style: str
+    body: str
+    job_id: str | None
+    created_at: datetime
+    updated_at: datetime

@@ -7,13 +7,23 @@ from contextlib import asynccontextmanager
 
 from conveyor.storage.engine import Database
 from conveyor.storage.queries.agents import AgentQueries
+from conveyor.storage.queries.annotations import AnnotationQueries
+from conveyor.storage.queries.artifacts import ArtifactQueries
 from conveyor.storage.queries.builds import BuildQueries
 from conveyor.storage.queries.jobs import JobQueries
 from conveyor.storage.queries.logs import LogQueries
 from conveyor.storage.queries.tokens import TokenQueries
 
 
-class Tx(TokenQueries, AgentQueries, BuildQueries, JobQueries, LogQueries):
+class Tx(
+    TokenQueries,
+    AgentQueries,
+    BuildQueries,
+    JobQueries,
+    LogQueries,
+    AnnotationQueries,
+    ArtifactQueries,
+):
     """Every query, bound to one open transaction."""
 
 

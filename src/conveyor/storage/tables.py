@@ -198,3 +198,37 @@ log_chunks = Table(
     Column("sequence", Integer, nullable=False),
     Column("data", LargeBinary, nullable=False),
 )
+
+build_annotations = Table(
+    "annotations",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("build_id", String(36), ForeignKey("builds.id", ondelete="CASCADE"), nullable=False),
+    # One annotation per context in a build; `--append` adds to its body.
+    Column("context", String(255), nullable=False),
+    Column("style", String(16), nullable=False),
+    Column("body", Text, nullable=False),
+    Column("job_id", String(36), nullable=True),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    UniqueConstraint("build_id", "context", name="uq_annotations_build_context"),
+)
+
+artifacts = Table(
+    "artifacts",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("build_id", String(36), ForeignKey("builds.id", ondelete="CASCADE"), nullable=False),
+    Column("job_id", String(36), ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False),
+    Column("step_id", String(36), nullable=False),
+    # Relative to the directory the upload ran in, with forward slashes.
+    Column("path", String(1000), nullable=False),
+    Column("size", BigInteger, nullable=False),
+    # The content's address in the artifact store.
+    Column("sha256", String(64), nullable=False),
+    Column("content_type", String(255), nullable=False, default="application/octet-stream"),
+    Column("created_at", UTCDateTime, nullable=False),
+    UniqueConstraint("job_id", "path", name="uq_artifacts_job_path"),
+)
+
+Index("ix_artifacts_build", artifacts.c.build_id)

@@ -13,7 +13,7 @@ from conveyor import protocol as p
 from conveyor.cli.build import env_pairs
 from conveyor.cli.client_options import client_options
 from conveyor.cli.common import friendly_errors, given, read_pipeline_text, settings
-from conveyor.cli.injob import run_in_job
+from conveyor.cli.injob import job_context, run_in_job
 from conveyor.config import ClientSettings
 from conveyor.errors import ConveyorError
 from conveyor.pipeline import Pipeline, check_graph, parse_pipeline
@@ -117,6 +117,8 @@ def upload(file: Path | None, replace: bool) -> None:
     .buildkite/pipeline.json, buildkite.yml, buildkite.yaml and .conveyor/pipeline.yml in the
     current directory is uploaded. `-` reads standard input.
     """
+    hint = "To check a file here, run `conveyor pipeline check FILE`"
+    job_context(os.environ, "conveyor pipeline upload", hint)  # outside a job, say so first
     path = file if file is not None else find_upload_file(Path.cwd())
     text = read_pipeline_text(path)
     if not text.strip():
@@ -131,7 +133,7 @@ def upload(file: Path | None, replace: bool) -> None:
     answer = run_in_job(
         "conveyor pipeline upload",
         lambda job: job.upload_pipeline(body),
-        hint="To check a file here, run `conveyor pipeline check FILE`",
+        hint,
     )
     for warning in answer.warnings:
         click.echo(f"warning: {warning}", err=True)

@@ -284,6 +284,75 @@ class PipelineUploadResponse(_Model):
     warnings: list[str] = Field(default_factory=list)
 
 
+# ---- in-job commands: meta-data, annotations, steps ------------------------------------------
+
+META_DATA_KEY_PATTERN = r"^[A-Za-z0-9_.:/@+-][A-Za-z0-9_.:/@+ -]{0,254}$"
+"""Meta-data keys: 1–255 characters, no control characters, not starting with a space."""
+
+META_DATA_MAX_VALUE = 100_000
+"""Bytes (UTF-8) in one meta-data value."""
+
+
+class MetaDataSet(_Model):
+    model_config = ConfigDict(extra="forbid")
+
+    value: str = Field(description="any text, up to 100,000 bytes")
+
+
+class MetaDataValue(_Model):
+    key: str
+    value: str
+
+
+class MetaDataKeys(_Model):
+    keys: list[str] = Field(description="in alphabetical order")
+
+
+AnnotationStyle = Literal["default", "info", "success", "warning", "error"]
+
+
+class AnnotationRequest(_Model):
+    model_config = ConfigDict(extra="forbid")
+
+    body: str = Field(description="Markdown, kept as written; up to 1 MiB")
+    style: AnnotationStyle = "default"
+    context: str = Field(
+        default="default",
+        min_length=1,
+        max_length=255,
+        description="one annotation per context: annotating again replaces (or appends to) it",
+    )
+    append: bool = Field(default=False, description="add to the context's body")
+
+
+class AnnotationOut(_Model):
+    context: str
+    style: AnnotationStyle
+    body: str
+    job_id: str | None = Field(description="the job that last wrote it")
+    created_at: datetime
+    updated_at: datetime
+
+
+class StepUpdate(_Model):
+    model_config = ConfigDict(extra="forbid")
+
+    attribute: Literal["label"] = Field(description="what to change; only `label` for now")
+    value: str = Field(min_length=1, max_length=500)
+
+
+class StepInfo(_Model):
+    id: str
+    key: str | None
+    kind: str
+    label: str | None
+    state: str
+    build_id: str
+
+
+# ---- artifacts (agent API) --------------------------------------------------------------------
+
+
 PingMode = Literal["auto", "ping-only", "stream-only"]
 
 

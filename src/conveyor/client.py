@@ -15,6 +15,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 import anyio
 import httpx
@@ -60,6 +61,8 @@ STATE = Backoff(attempts=3, base=0.5, cap=2)
 ACQUIRE = Backoff(attempts=60, base=1, cap=10)
 # Uploads carry an id, so a retry after a lost answer adds nothing twice.
 UPLOAD = Backoff(attempts=6, base=1, cap=10)
+# In-job commands (meta-data, annotations, steps): a job waits a little for a busy server.
+IN_JOB = Backoff(attempts=6, base=1, cap=10)
 
 
 async def retrying(what: str, policy: Backoff, call: Callable[[], Awaitable[R]]) -> R:
@@ -249,3 +252,54 @@ class JobClient(_Base):
             "pipeline upload", UPLOAD, "POST", f"/jobs/{self.job_id}/pipelines",
             p.PipelineUploadResponse, json=body.model_dump(mode="json"),
         )  # fmt: skip
+
+    # ---- in-job commands: meta-data, annotations, steps, build cancel ------------------------
+
+    async def set_meta_data(self, key: str, value: str) -> None:
+        await self._call_empty(
+            "meta-data set", IN_JOB, "PUT", f"/jobs/{self.job_id}/meta-data/{quote(key)}",
+            json=p.MetaDataSet(value=value).model_dump(),
+        )  # fmt: skip
+
+    async def get_meta_data(self, key: str) -> str | None:
+        """The value, or None when the build has no such key."""
+        found = await self._call(
+            "meta-data get", IN_JOB, "GET", f"/jobs/{self.job_id}/meta-data/{quote(key)}",
+            p.MetaDataValue,
+        )  # fmt: skip
+        return found.value
+
+    async def meta_data_keys(self) -> list[str]:
+        answer = await self._call(
+            "meta-data keys", IN_JOB, "GET", f"/jobs/{self.job_id}/meta-data", p.MetaDataKeys
+        )
+        return answer.keys
+
+    async def annotate(self, body: p.AnnotationRequest) -> p.AnnotationOut:
+        return await self._call(
+            "annotate", IN_JOB, "POST", f"/jobs/{self.job_id}/annotations", p.AnnotationOut,
+            json=body.model_dump(mode="json"),
+        )  # fmt: skip
+
+    async def remove_annotation(self, context: str) -> bool:
+        """False when the build has no annotation of that context."""
+        answer = await self._call(
+            "annotation remove", IN_JOB, "DELETE",
+            f"/jobs/{self.job_id}/annotations/{quote(context, safe='')}", p.AnnotationRemoved,
+        )  # fmt: skip
+        return answer.removed
+
+    async def get_step(self, key: str | None) -> p.StepInfo:
+        return await self._call(
+            "step get", IN_JOB, "GET", f"/jobs/{self.job_id}/step", p.StepInfo,
+            params={"key": key} if key else None,
+        )  # fmt: skip
+
+    async def update_step(self, key: str | None, update: p.StepUpdate) -> p.StepInfo:
+        return await self._call(
+            "step update", IN_JOB, "PUT", f"/jobs/{self.job_id}/step", p.StepInfo,
+            params={"key": key} if key else None, json=update.model_dump(mode="json"),
+        )  # fmt: skip
+
+    async def cancel_build(self) -> None:
+        await self._call_empty("build cancel", IN_JOB, "POST", f"/jobs/{self.job_id}/build/cancel")

@@ -286,8 +286,8 @@ class PipelineUploadResponse(_Model):
 
 # ---- in-job commands: meta-data, annotations, steps ------------------------------------------
 
-META_DATA_KEY_PATTERN = r"^[A-Za-z0-9_.:/@+-][A-Za-z0-9_.:/@+ -]{0,254}$"
-"""Meta-data keys: 1–255 characters, no control characters, not starting with a space."""
+META_DATA_MAX_KEY = 255
+"""Characters in a meta-data key; keys have no control characters and no surrounding spaces."""
 
 META_DATA_MAX_VALUE = 100_000
 """Bytes (UTF-8) in one meta-data value."""
@@ -301,7 +301,7 @@ class MetaDataSet(_Model):
 
 class MetaDataValue(_Model):
     key: str
-    value: str
+    value: str | None = Field(description="null when the build has no such key")
 
 
 class MetaDataKeys(_Model):
@@ -332,6 +332,10 @@ class AnnotationOut(_Model):
     job_id: str | None = Field(description="the job that last wrote it")
     created_at: datetime
     updated_at: datetime
+
+
+class AnnotationRemoved(_Model):
+    removed: bool = Field(description="false when the build had no annotation of that context")
 
 
 class StepUpdate(_Model):

@@ -102,6 +102,10 @@ class ApiClient:
         response = await self._get(f"/pipelines/{pipeline}/builds/{number}", **params)
         return p.BuildOut.model_validate_json(response.content)
 
+    async def annotations(self, pipeline: str, number: int) -> list[p.AnnotationOut]:
+        response = await self._get(f"/pipelines/{pipeline}/builds/{number}/annotations")
+        return [p.AnnotationOut.model_validate(a) for a in response.json()]
+
     async def follow_build(self, pipeline: str, number: int) -> AsyncIterator[p.BuildOut]:
         """Yield the build now and at every change, until it is finished."""
         build = await self.get_build(pipeline, number)

@@ -1,7 +1,8 @@
-"""`conveyor build create / show / unblock`."""
+"""`conveyor build create / show / cancel / unblock`."""
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import click
 from conveyor import protocol as p
 from conveyor.cli.client_options import client_options
 from conveyor.cli.common import friendly_errors, given, read_pipeline_text, settings
+from conveyor.cli.injob import run_in_job
 from conveyor.config import ClientSettings
 from conveyor.errors import ConveyorError
 from conveyor.report import BuildReporter, describe, describe_step
@@ -20,7 +22,7 @@ _SLUG_HELP = "The pipeline's slug (created on first use).  [default: default]"
 
 @click.group()
 def build() -> None:
-    """Create, inspect and unblock builds."""
+    """Create, inspect, cancel and unblock builds."""
 
 
 def key_values(option: str, pairs: tuple[str, ...]) -> dict[str, list[str]]:
@@ -105,6 +107,36 @@ def create(
 
 
 @build.command()
+@click.argument("number", type=int, required=False)
+@click.option("--pipeline", "slug", default="default", show_default=True, help=_SLUG_HELP)
+@client_options
+@friendly_errors
+def cancel(number: int | None, slug: str, config_file: Path | None, **flags: object) -> None:
+    """Cancel build NUMBER; without NUMBER, inside a job: cancel the job's own build.
+
+    Jobs not yet running are canceled; running ones are stopped by their agents and finish as
+    canceled; nothing more is scheduled. A build that has ended is left as it is. Inside a job,
+    the job's own token is used (and the job itself is stopped too).
+    """
+    if number is None:
+        if not os.environ.get("CONVEYOR_JOB_ID") and not os.environ.get("BUILDKITE_JOB_ID"):
+            raise ConveyorError("give the build NUMBER (only inside a job may it be left out)")
+        run_in_job("conveyor build cancel", lambda job: job.cancel_build())
+        click.echo("canceling this job's build", err=True)
+        return
+    cfg = settings(ClientSettings, given(**flags), config_file)
+
+    async def main() -> p.BuildOut:
+        from conveyor.api_client import ApiClient
+
+        async with ApiClient.connect(cfg.endpoint, cfg.api_token) as api:
+            return await api.cancel_build(slug, number)
+
+    b = anyio.run(main)
+    click.echo(f"Build {b.pipeline}#{b.number}: {b.state.value}")
+
+
+@build.command()
 @click.argument("number", type=int)
 @click.option("--pipeline", "slug", default="default", show_default=True, help=_SLUG_HELP)
 @client_options
@@ -118,6 +150,7 @@ def show(number: int, slug: str, config_file: Path | None, **flags: object) -> N
 
         async with ApiClient.connect(cfg.endpoint, cfg.api_token) as api:
             b = await api.get_build(slug, number)
+            notes = await api.annotations(slug, number)
         click.echo(f"Build {b.pipeline}#{b.number}: {b.state.value}")
         click.echo(
             f"  branch {b.branch}  commit {b.commit}  created {b.created_at:%Y-%m-%d %H:%M:%S}Z"
@@ -134,6 +167,10 @@ def show(number: int, slug: str, config_file: Path | None, **flags: object) -> N
             click.echo("Jobs:")
         for j in b.jobs:
             click.echo(f"  {describe(j)}  [{j.state.value}]  job {j.id}")
+        for note in notes:
+            click.echo(f"Annotation {note.context!r} ({note.style}):")
+            for line in note.body.splitlines():
+                click.echo(f"  {line}")
 
     anyio.run(main)
 

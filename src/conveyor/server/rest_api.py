@@ -21,7 +21,7 @@ from conveyor.server.context import ServerContext
 from conveyor.server.dispatcher import DEFAULT_QUEUE, matches
 from conveyor.server.planner import plan_steps
 from conveyor.server.unblock import unblock_step
-from conveyor.storage.rows import AgentRow, BuildRow, PipelineRow, StepRow
+from conveyor.storage.rows import AgentRow, AnnotationRow, BuildRow, PipelineRow, StepRow
 
 router = APIRouter(prefix=p.REST_PREFIX, tags=["rest"], dependencies=[Depends(api_token)])
 
@@ -76,7 +76,7 @@ def build_out(
         [
             build.state,
             *(f"{j.id}:{j.state}:{j.exit_status}:{j.log_size}:{j.soft_failed}" for j in build.jobs),
-            *(f"{s.id}:{s.state}" for s in build.steps),
+            *(f"{s.id}:{s.state}:{s.label}" for s in build.steps),
             *(f"{k}={v}" for k, v in sorted(build.meta_data.items())),
         ]
     )
@@ -344,6 +344,29 @@ async def _wait_either(a: anyio.Event, b: anyio.Event) -> None:
         tg.cancel_scope.cancel()
 
 
+@router.get("/pipelines/{slug}/builds/{number}/annotations", response_model=list[p.AnnotationOut])
+async def list_annotations(slug: str, number: int, request: Request) -> list[p.AnnotationOut]:
+    """The build's annotations (`conveyor annotate` in its jobs), oldest context first."""
+    async with context(request).store.transaction() as tx:
+        try:
+            build = await tx.get_build_by_number(slug, number)
+        except NotFoundError as exc:
+            raise HTTPException(404, str(exc)) from None
+        rows = await tx.list_annotations(build.id)
+    return [annotation_out(row) for row in rows]
+
+
+def annotation_out(row: AnnotationRow) -> p.AnnotationOut:
+    return p.AnnotationOut(
+        context=row.context,
+        style=row.style,
+        body=row.body,
+        job_id=row.job_id,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+    )
+
+
 @router.post("/pipelines/{slug}/builds/{number}/cancel", response_model=p.BuildOut)
 async def cancel_build(slug: str, number: int, request: Request) -> p.BuildOut:
     """Cancel a build: jobs not yet running are canceled, running ones are stopped by their
@@ -355,16 +378,20 @@ async def cancel_build(slug: str, number: int, request: Request) -> p.BuildOut:
         except NotFoundError as exc:
             raise HTTPException(404, str(exc)) from None
         build = await scheduler.cancel_build(tx, build.id)
+    announce_cancel(ctx, build)
+    return build_out(build)
+
+
+def announce_cancel(ctx: ServerContext, build: BuildRow) -> None:
+    """After a build was canceled: watchers hear of it, and the agents running its jobs are
+    told at once (without a stream, they find out from the job's state)."""
     ctx.notifier.notify(f"build:{build.id}")
-    # Agents running the build's jobs are told at once; without a stream they find out from
-    # the job's state.
     for job in build.jobs:
         if job.state == "canceling" and job.agent_id is not None:
             ctx.streams.push(
                 job.agent_id,
                 p.StreamMessage(type=p.StreamMessageType.CANCEL_JOB, job=p.JobRef(id=job.id)),
             )
-    return build_out(build)
 
 
 @router.post("/pipelines/{slug}/builds/{number}/steps/{step}/unblock", response_model=p.BuildOut)

@@ -228,6 +228,11 @@ class JobSpec(_Model):
     chunks_max_size_bytes: int
     chunks_interval_seconds: float
     log_max_size_bytes: int
+    artifact_paths: list[str] = Field(
+        default_factory=list,
+        description="globs of files the agent uploads as artifacts after the command, "
+        "relative to the job's working directory",
+    )
 
 
 class StartRequest(_Model):
@@ -315,7 +320,9 @@ class AnnotationRequest(_Model):
     model_config = ConfigDict(extra="forbid")
 
     body: str = Field(description="Markdown, kept as written; up to 1 MiB")
-    style: AnnotationStyle = "default"
+    style: AnnotationStyle | None = Field(
+        default=None, description="null: the context's current style (`default` for a new one)"
+    )
     context: str = Field(
         default="default",
         min_length=1,
@@ -355,6 +362,29 @@ class StepInfo(_Model):
 
 
 # ---- artifacts (agent API) --------------------------------------------------------------------
+
+ARTIFACT_SHA256_HEADER = "X-Conveyor-Artifact-Sha256"
+"""A header of every download: the SHA-256 (hex) of the content, to check it against."""
+
+
+class ArtifactOut(_Model):
+    """An artifact: a file a job uploaded, by path, with the address of its content.
+
+    `PUT /agent/v1/jobs/{id}/artifacts?path=&size=&sha256=` uploads one (the body is the file,
+    streamed); the agent API lists and serves those of the job's own build, the REST API those
+    of any build.
+    """
+
+    id: str
+    build_id: str
+    job_id: str
+    step_id: str
+    step_key: str | None = Field(description="the key of the step whose job uploaded it")
+    path: str = Field(description="relative to the directory the upload ran in, `/`-separated")
+    size: int = Field(description="bytes")
+    sha256: str = Field(description="the SHA-256 of the content, 64 lowercase hex digits")
+    content_type: str
+    created_at: datetime = Field(description="when it was (last) uploaded")
 
 
 PingMode = Literal["auto", "ping-only", "stream-only"]

@@ -109,7 +109,7 @@ async def test_annotations_are_created_appended_replaced_and_removed(driver: Dri
     assert listed.status_code == 200
     notes = {n["context"]: (n["style"], n["body"]) for n in listed.json()}
     assert notes == {
-        "tests": ("default", "## Tests\n* b passed\n"),
+        "tests": ("info", "## Tests\n* b passed\n"),  # an append keeps the style
         "coverage": ("success", "`93 %`"),
         "default": ("warning", "**1 flaky**"),
     }

@@ -18,9 +18,7 @@ from conveyor.errors import ConveyorError
 @click.option(
     "--style",
     type=click.Choice(get_args(p.AnnotationStyle)),
-    default="default",
-    show_default=True,
-    help="How the annotation is shown.",
+    help="How the annotation is shown.  [default: the context's current style, else default]",
 )
 @click.option(
     "--context",
@@ -30,7 +28,7 @@ from conveyor.errors import ConveyorError
 )
 @click.option("--append", is_flag=True, help="Add BODY to the context's annotation.")
 @friendly_errors
-def annotate(body: str | None, style: str, context: str, append: bool) -> None:
+def annotate(body: str | None, style: str | None, context: str, append: bool) -> None:
     """Add a Markdown annotation to the build (`-` or no BODY: read standard input).
 
     The Markdown is kept as written. One annotation per --context: a job that annotates the

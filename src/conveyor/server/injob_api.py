@@ -106,10 +106,11 @@ async def annotate(
             raise HTTPException(
                 413, f"annotation {body.context!r} would be over {_ANNOTATION_MAX} bytes"
             )
+        style = body.style or (before.style if before is not None else "default")
         row = await tx.annotate(
             job.build_id,
             context=body.context,
-            style=body.style,
+            style=style,
             body=body.body,
             append=body.append,
             job_id=job.id,

@@ -34,6 +34,7 @@ def cli() -> None:
     Store pipelines on a server:           conveyor pipeline set / list / show
     Unblock a step, retry a job:           conveyor build unblock, job retry
     Add steps from inside a job:           conveyor pipeline upload [FILE]
+    Share data from inside a job:          conveyor meta-data, annotate, artifact, step, lock
 
     Every flag can also be set as CONVEYOR_<FLAG> in the environment (e.g. CONVEYOR_SPAWN=4)
     or in a YAML file given with --config; flags win over the environment, which wins over

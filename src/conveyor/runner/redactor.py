@@ -1,0 +1,215 @@
+"""Streaming redaction: secrets in a job's output become `[REDACTED]` before any byte of them
+leaves the agent.
+
+Needles are secret values (at least `MIN_SECRET` bytes) and their escaped forms: JSON string
+escaping, URL encoding (`%20` and `+` for spaces) and base64 at each of the three byte
+alignments a secret can have inside a larger encoded blob. A secret of several lines is matched
+line by line, each line trimmed, with any run of whitespace between lines — so a PTY's `\\r\\n`,
+indentation or `set -x` reformatting does not let it through.
+
+Output is withheld only from the earliest place where a secret might be starting, until more
+output settles it (or `flush` at the end of the job), so a secret split across writes or
+chunks is never partly emitted, and output with no secret in sight flows at once.
+"""
+
+from __future__ import annotations
+
+import base64
+import fnmatch
+import json
+import re
+from collections.abc import Iterable, Mapping
+from urllib.parse import quote, quote_plus
+
+MIN_SECRET = 6
+"""Shorter values are not redacted (they would redact ordinary words): a warning says so."""
+
+REDACTED = b"[REDACTED]"
+
+DEFAULT_REDACTED_VARS = (
+    "*_PASSWORD",
+    "*_SECRET",
+    "*_TOKEN",
+    "*_PRIVATE_KEY",
+    "*_SSH_KEY",
+    "*_ACCESS_KEY",
+    "*_SECRET_KEY",
+    "*_API_KEY",
+    "*_CONNECTION_STRING",
+)
+"""Names of the variables whose values are secrets (`--redacted-vars`), as shell globs."""
+
+_MAX_GAP = 64
+"""Whitespace allowed between the lines of a multi-line secret; bounds what is withheld."""
+
+_WS = frozenset(b" \t\r\n\f\v")
+_Token = int | None  # a byte, or None for a whitespace run between lines
+
+
+def secret_values(env: Mapping[str, str], patterns: Iterable[str]) -> dict[str, str]:
+    """The variables of `env` whose names match one of `patterns` (case-sensitive globs)."""
+    pats = list(patterns)
+    return {k: v for k, v in env.items() if any(fnmatch.fnmatchcase(k, p) for p in pats)}
+
+
+def _forms(secret: bytes) -> set[bytes]:
+    """The secret and the escaped forms it may appear in."""
+    forms = {secret}
+    text = secret.decode("utf-8", errors="surrogateescape")
+    try:
+        forms.add(json.dumps(text)[1:-1].encode())
+        forms.add(json.dumps(text, ensure_ascii=False)[1:-1].encode("utf-8"))
+    except UnicodeEncodeError:
+        pass  # not text: it has no JSON form
+    forms.add(quote(secret, safe="").encode())
+    forms.add(quote_plus(secret, safe="").encode())
+    for shift in range(3):
+        # Inside a longer base64 blob the secret starts at byte `shift` of a 3-byte group:
+        # only the characters that depend on the secret's bytes alone are kept.
+        encoded = base64.b64encode(b"\0" * shift + secret)
+        first = -(-shift * 8 // 6)  # ceil: characters touched by the bytes before it
+        last = (shift + len(secret)) * 8 // 6  # characters decided by its bytes alone
+        part = encoded[first:last]
+        if len(part) >= MIN_SECRET:
+            forms.add(part)
+    return {f for f in forms if len(f) >= MIN_SECRET}
+
+
+def _tokens(needle: bytes) -> tuple[_Token, ...]:
+    """A multi-line needle: its trimmed, non-blank lines with a whitespace run between them."""
+    lines = [line.strip() for line in needle.splitlines()]
+    lines = [line for line in lines if line]
+    out: list[_Token] = []
+    for i, line in enumerate(lines):
+        if i:
+            out.append(None)
+        out.extend(line)
+    return tuple(out)
+
+
+def _pattern(tokens: tuple[_Token, ...]) -> bytes:
+    out: list[bytes] = []
+    for tok in tokens:
+        out.append(rb"[ \t\r\n\f\v]{1,%d}" % _MAX_GAP if tok is None else re.escape(bytes([tok])))
+    return b"".join(out)
+
+
+def _could_start(tokens: tuple[_Token, ...], tail: bytes) -> bool:
+    """Is `tail` (the end of the output so far) the beginning of a match of `tokens`?"""
+    i = 0
+    n = len(tail)
+    for tok in tokens:
+        if i == n:
+            return True
+        if tok is None:
+            run = i
+            while i < n and tail[i] in _WS and i - run < _MAX_GAP:
+                i += 1
+            if i == run:
+                return False
+        elif tail[i] != tok:
+            return False
+        else:
+            i += 1
+    return i == n
+
+
+class Redactor:
+    """Feed it output with `write`; it returns what can be released, redacted. `flush` at the
+    end returns the rest. Secrets can be added at any time (needles only grow)."""
+
+    def __init__(self, secrets: Iterable[str | bytes] = ()) -> None:
+        self._needles: set[tuple[_Token, ...]] = set()
+        self._by_first: dict[int, list[tuple[_Token, ...]]] = {}
+        self._regex: re.Pattern[bytes] | None = None
+        self._firsts: re.Pattern[bytes] | None = None  # the bytes a needle can start with
+        self._window = 0  # the longest a match can be: how far back a partial one may start
+        self._pending = b""
+        self.warnings: list[str] = []
+        for secret in secrets:
+            self.add(secret)
+
+    def add(self, secret: str | bytes, *, name: str = "a value") -> bool:
+        """Redact `secret` from now on; False (and a warning) when it is too short to."""
+        raw = secret.encode() if isinstance(secret, str) else secret
+        if len(raw.strip()) < MIN_SECRET:
+            if raw.strip():
+                self.warnings.append(
+                    f"{name} is shorter than {MIN_SECRET} bytes: it is not redacted from the log"
+                )
+            return False
+        # Surrounding whitespace is part of a one-line secret, but not of a multi-line one,
+        # whose lines are matched trimmed.
+        for form in _forms(raw.strip() if b"\n" in raw.strip() else raw):
+            tokens = _tokens(form) if b"\n" in form.strip() else tuple(form)
+            if tokens and tokens not in self._needles:
+                self._needles.add(tokens)
+                self._by_first.setdefault(tokens[0], []).append(tokens)  # type: ignore[arg-type]
+                gaps = sum(1 for t in tokens if t is None)
+                self._window = max(self._window, len(tokens) + gaps * (_MAX_GAP - 1))
+        # Longest first, so that of two needles matching at one place the longer one wins.
+        ordered = sorted(self._needles, key=len, reverse=True)
+        self._regex = re.compile(b"|".join(_pattern(t) for t in ordered))
+        self._firsts = re.compile(
+            b"[" + b"".join(re.escape(bytes([b])) for b in sorted(self._by_first)) + b"]"
+        )
+        return True
+
+    def write(self, data: bytes) -> bytes:
+        if self._regex is None:
+            return data
+        buf = self._pending + data
+        ranges = self._matches(buf)
+        safe = self._partial_start(buf, ranges)
+        # A match reaching the end may grow (a longer needle, more whitespace): wait for it.
+        for start, end in ranges:
+            if end >= len(buf) or end > safe:
+                safe = min(safe, start)
+        out = self._replace(buf[:safe], [(s, e) for s, e in ranges if e <= safe])
+        self._pending = buf[safe:]
+        return out
+
+    def flush(self) -> bytes:
+        """The withheld rest: complete matches in it are redacted, partial ones are not secrets."""
+        buf, self._pending = self._pending, b""
+        if self._regex is None or not buf:
+            return buf
+        return self._replace(buf, self._matches(buf))
+
+    def _matches(self, buf: bytes) -> list[tuple[int, int]]:
+        """Every match, overlapping ones merged: two secrets that overlap are both hidden."""
+        assert self._regex is not None
+        ranges: list[tuple[int, int]] = []
+        pos = 0
+        while (m := self._regex.search(buf, pos)) is not None:
+            start, end = m.span()
+            if ranges and start <= ranges[-1][1]:
+                ranges[-1] = (ranges[-1][0], max(end, ranges[-1][1]))
+            else:
+                ranges.append((start, end))
+            pos = start + 1
+        return ranges
+
+    def _partial_start(self, buf: bytes, ranges: list[tuple[int, int]]) -> int:
+        """The earliest place in the tail where a secret may be starting; len(buf) if none."""
+        assert self._firsts is not None
+        n = len(buf)
+        for m in self._firsts.finditer(buf, max(0, n - self._window + 1)):
+            i = m.start()
+            for tokens in self._by_first[buf[i]]:
+                if _could_start(tokens, buf[i:]):
+                    return i
+        return n
+
+    @staticmethod
+    def _replace(buf: bytes, ranges: list[tuple[int, int]]) -> bytes:
+        if not ranges:
+            return buf
+        parts: list[bytes] = []
+        last = 0
+        for start, end in ranges:
+            parts.append(buf[last:start])
+            parts.append(REDACTED)
+            last = end
+        parts.append(buf[last:])
+        return b"".join(parts)

@@ -120,6 +120,33 @@ async def test_grandchildren_in_the_group_are_killed(tmp_path: Path) -> None:
         kill_quietly(grandchild)
 
 
+async def test_a_double_forked_daemon_of_the_job_is_killed(tmp_path: Path) -> None:
+    """Its own session, and its parent gone (so re-parented away from the command's tree):
+    the job's id in its environment still marks it as the job's."""
+    output = Output()
+    script = "(setsid sleep 300 & echo ready $!); sleep 30"
+    env = base_env(CONVEYOR_JOB_ID="0b5e4c1e-daemon-test")
+    await cancel_once(script, tmp_path, output, env=env)
+    (daemon,) = pids_after(output)
+    try:
+        await wait_gone(daemon)
+    finally:
+        kill_quietly(daemon)
+
+
+async def test_another_jobs_processes_are_left_alone(tmp_path: Path) -> None:
+    other = await anyio.open_process(["sleep", "30"], env=base_env(CONVEYOR_JOB_ID="another-job"))
+    try:
+        output = Output()
+        await cancel_once(
+            "echo ready; sleep 30", tmp_path, output, env=base_env(CONVEYOR_JOB_ID="this-job")
+        )
+        assert not await process_gone(other.pid)
+    finally:
+        other.kill()
+        await other.aclose()
+
+
 async def test_cancel_while_on_output_is_blocked(tmp_path: Path) -> None:
     """A consumer stuck on backpressure does not stop the process from being stopped."""
     never = anyio.Event()

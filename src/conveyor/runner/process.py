@@ -4,6 +4,12 @@ The child is a session leader, so its process group holds everything it starts t
 move itself elsewhere; cancelling sends the cancel signal to that group, waits out the grace
 period, then SIGKILLs the group.
 
+A process can leave the group (setsid) and its parent can exit (a double-forked daemon), so
+cancelling also kills, by /proc, every process below the command and every process that still
+carries the job's id in its environment (`JOB_MARKER`, which the agent sets for every job):
+that finds a daemon re-parented to init too. A process that both left and rewrote its
+environment is out of reach; a child subreaper or cgroup per job would close that gap.
+
 Output ends when every holder of the terminal has closed it (EIO on the PTY, EOF on a pipe).
 A process that outlives the command and keeps the terminal open would hold the job forever,
 so once the command has exited, output is read until the terminal has been quiet for
@@ -28,6 +34,8 @@ import anyio
 import anyio.to_thread
 
 READ_SIZE = 64 * 1024
+JOB_MARKER = "CONVEYOR_JOB_ID"
+"""The variable that tells a job's processes from any other, wherever they moved."""
 DRAIN_IDLE_S = 0.2
 # A terminal the size Buildkite gives its jobs, so tools that format for width agree.
 PTY_COLUMNS, PTY_ROWS = 160, 100
@@ -120,6 +128,8 @@ async def run_process(
     cancel_grace: float = 10.0,
 ) -> ProcessExit:
     """Run `argv` to its end. If cancelled, stop its process group first, then re-raise."""
+    job_id = env.get(JOB_MARKER)
+    marker = f"{JOB_MARKER}={job_id}".encode() if job_id else None
     read_fd, write_fd = _open_terminal(use_pty)
     try:
         stdin: int = write_fd if use_pty else os.open(os.devnull, os.O_RDONLY)
@@ -154,7 +164,7 @@ async def run_process(
                     returncode = await process.wait()
                 except BaseException:
                     with anyio.CancelScope(shield=True):
-                        await _stop(process, cancel_signal, cancel_grace)
+                        await _stop(process, cancel_signal, cancel_grace, marker)
                     pump_scope.deadline = anyio.current_time() + DRAIN_AFTER_STOP_S
                     raise
                 finally:
@@ -169,25 +179,33 @@ async def run_process(
     return ProcessExit(status=returncode)
 
 
-def _descendants(roots: set[int]) -> set[int]:
-    """Every live process below `roots` (by parent pid), whatever its session or group.
+def _descendants(roots: set[int], marker: bytes | None = None) -> set[int]:
+    """Every live process below `roots` (by parent pid), whatever its session or group, and
+    (with `marker`, a `NAME=value` entry) every process whose environment holds it, with the
+    processes below those.
 
     Runs in a worker thread: it reads /proc. A process that escaped into a session of its own
-    (setsid, a daemon) is still found while its parent lives; one already re-parented to init
-    is not — a child subreaper will close that gap.
+    (setsid, a daemon) is found while its parent lives, and by its environment after that.
     """
     children: dict[int, list[int]] = {}
+    marked: set[int] = set()
+    me = os.getpid()
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
+        pid = int(entry.name)
         try:
-            stat = Path(f"/proc/{entry.name}/stat").read_text()
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            if marker is not None and pid != me:
+                environ = Path(f"/proc/{pid}/environ").read_bytes()
+                if marker in environ.split(b"\0"):
+                    marked.add(pid)
         except OSError:
-            continue
+            continue  # gone meanwhile, or another user's
         ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        children.setdefault(ppid, []).append(int(entry.name))
-    found: set[int] = set()
-    todo = list(roots)
+        children.setdefault(ppid, []).append(pid)
+    found: set[int] = set(marked)
+    todo = [*roots, *marked]
     while todo:
         for child in children.get(todo.pop(), []):
             if child not in found:
@@ -196,8 +214,11 @@ def _descendants(roots: set[int]) -> set[int]:
     return found
 
 
-async def _stop(process: anyio.abc.Process, cancel_signal: int, grace: float) -> None:
-    """The cancel signal to the whole group; SIGKILL to the group once the grace is over."""
+async def _stop(
+    process: anyio.abc.Process, cancel_signal: int, grace: float, marker: bytes | None
+) -> None:
+    """The cancel signal to the whole group; SIGKILL to the group once the grace is over, and
+    to every other process of the job (see the module's docstring)."""
     tree = await anyio.to_thread.run_sync(_descendants, {process.pid})
     if process.returncode is None:
         _kill_group(process.pid, cancel_signal)
@@ -205,7 +226,7 @@ async def _stop(process: anyio.abc.Process, cancel_signal: int, grace: float) ->
             await process.wait()
     # Whatever of the group is still there (the command's children too) does not get to stay.
     _kill_group(process.pid, signal.SIGKILL)
-    tree |= await anyio.to_thread.run_sync(_descendants, tree | {process.pid})
+    tree |= await anyio.to_thread.run_sync(_descendants, tree | {process.pid}, marker)
     for pid in tree:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)

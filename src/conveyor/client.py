@@ -19,7 +19,7 @@ from urllib.parse import quote
 
 import anyio
 import httpx
-from pydantic import BaseModel
+from pydantic import BaseModel, TypeAdapter
 
 from conveyor import __version__
 from conveyor import protocol as p
@@ -63,6 +63,8 @@ ACQUIRE = Backoff(attempts=60, base=1, cap=10)
 UPLOAD = Backoff(attempts=6, base=1, cap=10)
 # In-job commands (meta-data, annotations, steps): a job waits a little for a busy server.
 IN_JOB = Backoff(attempts=6, base=1, cap=10)
+# An artifact is sent again from its start; PUT by path replaces, so a retry stores it once.
+ARTIFACT = Backoff(attempts=6, base=1, cap=10)
 
 
 async def retrying(what: str, policy: Backoff, call: Callable[[], Awaitable[R]]) -> R:
@@ -303,3 +305,72 @@ class JobClient(_Base):
 
     async def cancel_build(self) -> None:
         await self._call_empty("build cancel", IN_JOB, "POST", f"/jobs/{self.job_id}/build/cancel")
+
+    # ---- artifacts: upload, search, download -------------------------------------------------
+
+    async def upload_artifact(
+        self,
+        path: str,
+        content: Callable[[], AsyncIterator[bytes]],
+        *,
+        size: int,
+        sha256: str,
+        content_type: str = "application/octet-stream",
+    ) -> p.ArtifactOut:
+        """Store `size` bytes as this job's artifact at `path`. `content` is called once per
+        attempt and streams the bytes from their start, so nothing is held in memory."""
+        params: dict[str, str | int] = {
+            "path": path, "size": size, "sha256": sha256, "content_type": content_type,
+        }  # fmt: skip
+        headers = {
+            **self._headers,
+            "Content-Type": "application/octet-stream",
+            # A length instead of chunked encoding: the server can refuse an oversized
+            # artifact before a byte of it is sent on.
+            "Content-Length": str(size),
+        }
+
+        async def once() -> p.ArtifactOut:
+            response = await self._http.request(
+                "PUT", f"{p.API_PREFIX}/jobs/{self.job_id}/artifacts",
+                params=params, content=content(), headers=headers,
+            )  # fmt: skip
+            if response.status_code >= 400:
+                raise api_error(response, job_call=True)
+            return p.ArtifactOut.model_validate_json(response.content)
+
+        return await retrying(f"artifact upload {path}", ARTIFACT, once)
+
+    async def search_artifacts(
+        self, query: str | None = None, *, step: str | None = None, build: str | None = None
+    ) -> list[p.ArtifactOut]:
+        """The artifacts of this job's build matching the glob `query` (all without one).
+        `build` may only name this job's own build (403 otherwise)."""
+        given = {"query": query, "step": step, "build": build}
+        params = {k: v for k, v in given.items() if v is not None}
+
+        async def once() -> list[p.ArtifactOut]:
+            response = await self._request("GET", f"/jobs/{self.job_id}/artifacts", params=params)
+            return _ARTIFACTS.validate_json(response.content)
+
+        return await retrying("artifact search", IN_JOB, once)
+
+    @asynccontextmanager
+    async def artifact_content(self, artifact_id: str) -> AsyncIterator[AsyncIterator[bytes]]:
+        """Open one artifact of this job's build and iterate its content. Not retried here: a
+        download that breaks is started again by its caller, from the first byte."""
+        async with self._http.stream(
+            "GET", f"{p.API_PREFIX}/jobs/{self.job_id}/artifacts/{quote(artifact_id)}",
+            headers=self._headers,
+        ) as response:  # fmt: skip
+            if response.status_code >= 400:
+                await response.aread()
+                error = api_error(response, job_call=True)
+                if error.status == 404:
+                    # The job's token was accepted, so it is the artifact that is missing.
+                    error = APIError(404, str(error).removeprefix("server answered 404: "))
+                raise error
+            yield response.aiter_bytes()
+
+
+_ARTIFACTS = TypeAdapter(list[p.ArtifactOut])

@@ -16,7 +16,7 @@ import anyio
 import httpx
 from anyio.abc import TaskStatus
 
-from conveyor import __version__
+from conveyor import __version__, artifacts
 from conveyor import protocol as p
 from conveyor.agent.actions import ActionLoop
 from conveyor.agent.baton import Baton
@@ -26,9 +26,9 @@ from conveyor.agent.jobenv import job_process_env
 from conveyor.agent.ping import PingLoop
 from conveyor.agent.stream import StreamHealth, StreamLoop
 from conveyor.client import AgentClient, JobClient
-from conveyor.errors import APIError, JobGoneError
+from conveyor.errors import APIError, ConveyorError, JobGoneError
 from conveyor.protocol import PingMode
-from conveyor.runner import JobRun, JobRunner, OutputTee
+from conveyor.runner import JobLog, JobRun, JobRunner, OutputTee
 
 log = logging.getLogger("conveyor.agent")
 
@@ -281,7 +281,12 @@ class AgentWorker:
         )
         tee = self._tee(spec) if self._tee is not None else None
         runner = self._runner = JobRunner(
-            run, _JobSink(job, lambda: runner.cancel(p.SignalReason.CANCEL)), tee=tee
+            run,
+            _JobSink(job, lambda: runner.cancel(p.SignalReason.CANCEL)),
+            tee=tee,
+            after_command=_ArtifactPaths(job, workdir, spec.artifact_paths)
+            if spec.artifact_paths
+            else None,
         )
         if self._pending_cancel is not None:
             runner.cancel(self._pending_cancel)
@@ -367,3 +372,30 @@ class _JobSink:
         except JobGoneError:
             self._on_gone()
             raise
+
+
+class _ArtifactPaths:
+    """Uploads the step's `artifact_paths` once the command has ended, reporting in the job's
+    log; the runner fails a passed job when this fails."""
+
+    def __init__(self, job: JobClient, workdir: Path, globs: list[str]):
+        self._job = job
+        self._workdir = workdir
+        self._globs = globs
+
+    async def __call__(self, job_log: JobLog) -> bool:
+        async def say(line: str) -> None:
+            await job_log(f"conveyor: {line}\r\n".encode())
+
+        await job_log(b"~~~ Uploading artifacts\r\n")
+        try:
+            await artifacts.upload(self._job, self._workdir, self._globs, say)
+        except ConveyorError as exc:
+            await say(f"error: {exc}")
+            return False
+        except Exception as exc:
+            # Whatever went wrong fails this job, never the agent that runs it.
+            log.exception("uploading the artifacts of job %s failed", self._job.job_id)
+            await say(f"error: uploading artifacts failed: {type(exc).__name__}: {exc}")
+            return False
+        return True

@@ -19,7 +19,8 @@ from conveyor.errors import ConveyorError
 @click.option(
     "--data-dir",
     type=click.Path(path_type=Path, file_okay=False),
-    help="Where the SQLite database and the token files live.  [default: ~/.conveyor/server]",
+    help="Where the SQLite database, the token files and the artifacts live.  "
+    "[default: ~/.conveyor/server]",
 )
 @click.option(
     "--database-url",
@@ -35,6 +36,11 @@ from conveyor.errors import ConveyorError
     "--chunk-max-size",
     type=int,
     help="Largest log chunk agents may send, in bytes.  [default: 1048576]",
+)
+@click.option(
+    "--artifact-max-size",
+    type=int,
+    help="Largest artifact jobs may upload, in bytes.  [default: 5368709120 (5 GiB)]",
 )
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]))
 @config_option

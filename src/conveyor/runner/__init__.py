@@ -3,11 +3,13 @@
 The runner is handed a `LogSink`; it never talks to a server itself, so it is tested without one.
 """
 
-from conveyor.runner.job import JobResult, JobRun, JobRunner, OutputTee
+from conveyor.runner.job import AfterCommand, JobLog, JobResult, JobRun, JobRunner, OutputTee
 from conveyor.runner.logstream import LogSink, LogStreamer
 from conveyor.runner.process import ProcessExit, run_process
 
 __all__ = [
+    "AfterCommand",
+    "JobLog",
     "JobResult",
     "JobRun",
     "JobRunner",

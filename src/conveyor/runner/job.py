@@ -6,6 +6,7 @@ import contextlib
 import logging
 import shlex
 import signal
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -29,6 +30,18 @@ class OutputTee(Protocol):
     async def write(self, data: bytes) -> None: ...
 
     def close(self) -> None: ...
+
+
+JobLog = Callable[[bytes], Awaitable[None]]
+"""Writes to the job's log (and to its tee), as the command's output is written."""
+
+
+class AfterCommand(Protocol):
+    """Work the agent does once the command has ended and before the job finishes (uploading
+    the step's artifacts): it reports into the job's log, and returns False when it failed.
+    It is not done for a job that was canceled."""
+
+    async def __call__(self, job_log: JobLog) -> bool: ...
 
 
 @dataclass(frozen=True)
@@ -58,10 +71,18 @@ class JobResult:
 class JobRunner:
     """Runs one `JobRun`; `cancel(reason)` stops it (signal, grace, SIGKILL) from outside."""
 
-    def __init__(self, run: JobRun, sink: LogSink, *, tee: OutputTee | None = None) -> None:
+    def __init__(
+        self,
+        run: JobRun,
+        sink: LogSink,
+        *,
+        tee: OutputTee | None = None,
+        after_command: AfterCommand | None = None,
+    ) -> None:
         self.run_spec = run
         self._sink = sink
         self._tee = tee
+        self._after_command = after_command
         self._scope = anyio.CancelScope()
         self._cancel_reason: SignalReason | None = None
 
@@ -108,6 +129,11 @@ class JobRunner:
                         # in the log, where the user will look first.
                         await output(f"conveyor: could not start the job: {exc}\r\n".encode())
                         reason = SignalReason.PROCESS_RUN_ERROR
+                    # Inside the job's cancel scope: a cancel stops this work too.
+                    if self._after_command is not None and not await self._after_command(output):
+                        # A job whose command passed fails when what follows it failed; a
+                        # failed command keeps its own exit status.
+                        status = 1 if status == 0 else status
             finally:
                 if self._tee is not None:
                     with contextlib.suppress(Exception):

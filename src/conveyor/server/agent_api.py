@@ -234,6 +234,7 @@ async def accept(job_id: str, request: Request, token: AgentToken) -> p.JobSpec:
         chunks_max_size_bytes=ctx.chunk_max_size,
         chunks_interval_seconds=ctx.chunk_interval,
         log_max_size_bytes=ctx.log_max_size,
+        artifact_paths=[str(glob) for glob in step.config.get("artifact_paths") or []],
     )
 
 

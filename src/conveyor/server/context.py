@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import anyio
 
 from conveyor import protocol as p
+from conveyor.server.artifact_store import ArtifactStore
 from conveyor.server.events import Notifier
 from conveyor.server.streams import StreamHub
 from conveyor.storage import Store
@@ -22,6 +23,9 @@ class ServerContext:
     chunk_interval: float = 1.0
     log_max_size: int = 1024**3
     external_url: str = "http://127.0.0.1:8080"
+    # Where artifact content lives; None: this server takes no artifacts (503).
+    artifacts: ArtifactStore | None = None
+    artifact_max_size: int = 5 * 1024**3
     # `conveyor run`: every local agent may run every step, whatever its `agents:` rules say.
     match_any_agent: bool = False
     notifier: Notifier = field(default_factory=Notifier)

@@ -18,6 +18,7 @@ from anyio.abc import TaskStatus
 from conveyor.config import ServerSettings, parse_listen
 from conveyor.errors import AuthError, ConfigError
 from conveyor.server.app import create_app
+from conveyor.server.artifact_store import FileArtifactStore
 from conveyor.server.context import ServerContext
 from conveyor.server.reaper import reaper_loop
 from conveyor.storage import Store, open_database
@@ -132,6 +133,8 @@ async def run_server(
             # Three beats fit in the lost timeout, so one lost request does not lose an agent.
             heartbeat_interval=max(1, min(60, settings.agent_lost_timeout // 3)),
             chunk_max_size=settings.chunk_max_size,
+            artifacts=FileArtifactStore(data_dir / "artifacts"),
+            artifact_max_size=settings.artifact_max_size,
             external_url=settings.external_url or base_url,
             match_any_agent=match_any_agent,
         )

@@ -155,3 +155,17 @@ class AnnotationRow:
     job_id: str | None
     created_at: datetime
     updated_at: datetime
+
+
+@dataclass(frozen=True)
+class ArtifactRow:
+    id: str
+    build_id: str
+    job_id: str
+    step_id: str
+    step_key: str | None
+    path: str
+    size: int
+    sha256: str
+    content_type: str
+    created_at: datetime

@@ -86,6 +86,8 @@ class AgentSettings(BaseModel):
     hooks_path: ExpandedPath | None = None
     shutdown_hook: ExpandedPath | None = None
     health_check_addr: str | None = None
+    # Machine-scope locks (`conveyor lock`); None: $TMPDIR/conveyor-locks-<uid>.
+    locks_dir: ExpandedPath | None = None
 
     @field_validator("health_check_addr")
     @classmethod
@@ -145,6 +147,7 @@ class ServerSettings(BaseModel):
     external_url: HttpURL | None = None
     agent_lost_timeout: int = Field(default=180, ge=1)
     chunk_max_size: int = Field(default=1048576, ge=1024)
+    artifact_max_size: int = Field(default=5 * 1024**3, ge=1)
     log_level: str = "info"
 
     @field_validator("listen")

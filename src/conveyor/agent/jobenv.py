@@ -2,15 +2,18 @@
 
 The agent's own environment, less every variable that configures Conveyor (so neither the
 registration token nor an operator's API token reaches a job), plus the server's job env,
-plus what only the agent knows: its name, the checkout path, the endpoint and the job's token.
+plus what only the agent knows: its name, the checkout path, the endpoint, the job's token, and
+the way to this agent process's lock service (`lockservice`).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from contextvars import ContextVar
 from pathlib import Path
 
+from conveyor.agent.lockclient import SOCKET_ENV, TOKEN_ENV
 from conveyor.config import (
     AgentSettings,
     ClientSettings,
@@ -29,6 +32,13 @@ _SCRUBBED = frozenset(
             for model in (AgentSettings, ServerSettings, ClientSettings, RunSettings)
         )
     )
+)
+
+
+# The lock service's variables for the next job: the pool owns the service and the worker builds
+# the job's env, so the pool sets this in each worker's task and the worker's jobs read it there.
+job_lock_env: ContextVar[Callable[[], Mapping[str, str]] | None] = ContextVar(
+    "job_lock_env", default=None
 )
 
 
@@ -59,6 +69,13 @@ def job_process_env(
     for name, value in list(facts.items()):
         facts["BUILDKITE_" + name.removeprefix("CONVEYOR_")] = value
     env.update(facts)
+    # The agent's own say, never the server's or the agent's environment (an agent started
+    # inside a job inherits that job's): only this agent's service can serve this job.
+    env.pop(SOCKET_ENV, None)
+    env.pop(TOKEN_ENV, None)
+    lock_env = job_lock_env.get()
+    if lock_env is not None:
+        env.update(lock_env())
     if use_pty:
         # The job talks to the terminal we made, whatever the agent itself was started in.
         env["TERM"] = "xterm-256color"

@@ -1,9 +1,10 @@
 """The pool: `--spawn N` workers in one task group, stopped together, and the agent process's
-lifecycle around them: startup and shutdown hooks, the idle and uptime limits, and why it
-stopped."""
+lifecycle around them: startup and shutdown hooks, the idle and uptime limits, the lock service
+its jobs share, and why it stopped."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import uuid
 from dataclasses import dataclass, replace
@@ -15,6 +16,8 @@ from anyio.abc import TaskStatus
 
 from conveyor import protocol as p
 from conveyor.agent.hooks import find_hook, run_hook
+from conveyor.agent.jobenv import job_lock_env
+from conveyor.agent.lockservice import LockService
 from conveyor.agent.worker import AgentWorker, Tee, WorkerOptions
 from conveyor.client import new_http_client
 from conveyor.errors import APIError, ConveyorError
@@ -42,6 +45,7 @@ class AgentPool:
         spawn: int = 1,
         tee: Tee | None = None,
         lifecycle: Lifecycle | None = None,
+        locks_dir: Path | None = None,
     ):
         self.options = options
         self.spawn = spawn
@@ -55,6 +59,8 @@ class AgentPool:
         self._workers_tg: anyio.abc.TaskGroup | None = None
         self._http: httpx.AsyncClient | None = None
         self._stopping = False
+        # Machine-scope locks for this process's jobs, in `locks_dir` (None: the host's default).
+        self.locks = LockService(locks_dir)
 
     def stop(self, reason: str = "requested") -> None:
         """Graceful: no new jobs; running jobs finish; then every worker disconnects."""
@@ -93,6 +99,8 @@ class AgentPool:
         self, index: int, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
         assert self._http is not None
+        # Set in this worker's task, so each of its jobs gets a lock token of its own.
+        job_lock_env.set(functools.partial(self.locks.open_job, index))
         worker = AgentWorker(
             self.options,
             self._http,
@@ -116,6 +124,8 @@ class AgentPool:
 
     def _on_busy(self, worker: AgentWorker, busy: bool) -> None:
         (self._busy.add if busy else self._busy.discard)(worker.index)
+        if not busy:
+            self.locks.close_job(worker.index)
         self._idle_changed.set()
         self._idle_changed = anyio.Event()
 
@@ -126,6 +136,9 @@ class AgentPool:
                 new_http_client(self.options.endpoint) as http,
                 anyio.create_task_group() as limits,
             ):
+                # Ready before any worker can take a job; stopped with the limits, once every
+                # worker has stopped.
+                await limits.start(self.locks.run)
                 if self.lifecycle.disconnect_after_idle_timeout:
                     limits.start_soon(self._idle_limit)
                 if self.lifecycle.disconnect_after_uptime:
@@ -138,7 +151,8 @@ class AgentPool:
                     await self._startup_hook()
                     task_status.started()
                 self._workers_tg = None
-                # Every worker has stopped: the limits have nothing left to watch.
+                # Every worker has stopped: the limits (and the lock service) have nothing left
+                # to watch.
                 limits.cancel_scope.cancel()
         except* (httpx.TransportError, APIError):
             self.shutdown_reason = self.shutdown_reason or "unable-to-reach-server"

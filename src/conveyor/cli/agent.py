@@ -83,6 +83,12 @@ def agent() -> None:
     "--health-check-addr",
     help="HOST:PORT for /healthz, /status.json and /metrics (off unless given).",
 )
+@click.option(
+    "--locks-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Directory (mode 0700) that `conveyor lock` locks live in; agents sharing it exclude "
+    "each other's jobs.  [default: $TMPDIR/conveyor-locks-<uid>]",
+)
 @config_option
 @friendly_errors
 def start(config_file: Path | None, **flags: object) -> None:
@@ -138,6 +144,7 @@ async def _start(cfg: AgentSettings) -> None:
             hooks_path=cfg.hooks_path,
             shutdown_hook=cfg.shutdown_hook,
         ),
+        locks_dir=cfg.locks_dir,
     )
     async with anyio.create_task_group() as tg:
 

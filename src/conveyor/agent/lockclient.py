@@ -1,0 +1,110 @@
+"""How a job talks to its agent's lock service: the variables that find it, the wire format,
+and the client the `conveyor lock` commands use.
+
+The agent gives each job the service's Unix socket and a token of the job's own:
+
+    CONVEYOR_LOCKS_SOCKET   path of the socket, in a directory only the agent's user can enter
+    CONVEYOR_LOCKS_TOKEN    the job's token; the service refuses any other, and this one once
+                            the job has ended
+
+One request per connection, one JSON object per line each way:
+
+    → {"token": T, "op": "acquire" | "release" | "get" | "do" | "done", "key": K,
+       "lock_token": L (release), "max_wait": seconds > 0 or null for no limit (acquire, do)}
+    ← {"ok": true, "value": V} | {"ok": false, "error": message}
+
+The client keeps the connection open until the answer comes: the service takes a connection
+closed before that as a request given up, and drops whatever it would have granted.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Literal
+
+import anyio
+from anyio.streams.buffered import BufferedByteReceiveStream
+
+from conveyor.errors import ConveyorError
+
+SOCKET_ENV = "CONVEYOR_LOCKS_SOCKET"
+TOKEN_ENV = "CONVEYOR_LOCKS_TOKEN"
+MAX_MESSAGE = 64 * 1024
+MAX_KEY = 1024
+
+Op = Literal["acquire", "release", "get", "do", "done"]
+OPS: tuple[Op, ...] = ("acquire", "release", "get", "do", "done")
+
+
+def encode(message: Mapping[str, object]) -> bytes:
+    return json.dumps(message, separators=(",", ":")).encode() + b"\n"
+
+
+class LockClient:
+    def __init__(self, socket_path: str, token: str):
+        self.socket_path = socket_path
+        self._token = token
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str], command: str) -> LockClient:
+        """The client of the job this runs in, or a clear error outside one."""
+        missing = [name for name in (SOCKET_ENV, TOKEN_ENV) if not env.get(name)]
+        if missing:
+            raise ConveyorError(
+                f"`{command}` works only inside a job run by a Conveyor agent: "
+                + " and ".join(missing)
+                + (" is" if len(missing) == 1 else " are")
+                + " not set (the agent sets them for the job's command)"
+            )
+        return cls(env[SOCKET_ENV], env[TOKEN_ENV])
+
+    async def call(
+        self, op: Op, key: str, *, lock_token: str | None = None, max_wait: float | None = None
+    ) -> str:
+        """Send one request and wait for its answer, however long the service takes."""
+        request = {"token": self._token, "op": op, "key": key}
+        if lock_token is not None:
+            request["lock_token"] = lock_token
+        try:
+            stream = await anyio.connect_unix(self.socket_path)
+        except OSError as exc:
+            raise ConveyorError(
+                f"cannot reach the agent's lock service at {self.socket_path}: "
+                f"{exc.strerror or exc} (has the job's agent stopped?)"
+            ) from None
+        async with stream:
+            await stream.send(encode({**request, "max_wait": max_wait}))
+            try:
+                line = await BufferedByteReceiveStream(stream).receive_until(b"\n", MAX_MESSAGE)
+            except (anyio.IncompleteRead, anyio.EndOfStream, anyio.BrokenResourceError):
+                raise ConveyorError(
+                    "the agent's lock service closed the connection without an answer "
+                    "(has the job's agent stopped?)"
+                ) from None
+        try:
+            reply = json.loads(line)
+            ok = reply["ok"] is True
+            text = reply["value" if ok else "error"]
+        except (ValueError, KeyError, TypeError):
+            text = None
+        if not isinstance(text, str):
+            raise ConveyorError(f"the agent's lock service answered nonsense: {line[:200]!r}")
+        if not ok:
+            raise ConveyorError(text)
+        return text
+
+    async def acquire(self, key: str, max_wait: float | None = None) -> str:
+        return await self.call("acquire", key, max_wait=max_wait)
+
+    async def release(self, key: str, lock_token: str) -> None:
+        await self.call("release", key, lock_token=lock_token)
+
+    async def get(self, key: str) -> str:
+        return await self.call("get", key)
+
+    async def do(self, key: str, max_wait: float | None = None) -> str:
+        return await self.call("do", key, max_wait=max_wait)
+
+    async def done(self, key: str) -> None:
+        await self.call("done", key)

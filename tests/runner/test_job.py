@@ -290,3 +290,30 @@ async def test_unusable_working_directory_is_a_process_run_error(tmp_path: Path)
     assert result.exit_status == -1
     assert result.signal_reason == SignalReason.PROCESS_RUN_ERROR
     assert sink.data.startswith(b"conveyor: could not start the job: ")
+
+
+async def test_secrets_in_the_env_never_reach_the_log_or_the_tee(tmp_path: Path) -> None:
+    """The values of variables named like secrets are redacted, also when the command prints
+    them in pieces, escaped, or long after the start; short ones are kept, with a warning."""
+    env = base_env(
+        DEPLOY_API_KEY="k3y-4b2f9e1d",
+        DB_PASSWORD="abc",
+        PLAIN="k3y-4b2f9e1d-is-not-secret-by-name",
+    )
+    command = (
+        "printf 'key=k3y-4b'; sleep 0.2; printf '2f9e1d\\n';"
+        ' printf \'%s\\n\' "{\\"key\\": \\"$DEPLOY_API_KEY\\"}";'
+        ' printf \'%s\' "$DEPLOY_API_KEY" | base64; echo "pw=$DB_PASSWORD"'
+    )
+    tee = RecordingTee()
+    result, sink = await run_job(job(command, tmp_path, env=env), tee=tee)
+    assert result.exit_status == 0
+    for out in (bytes(sink.data), bytes(tee.data)):
+        assert b"k3y-4b2f9e1d" not in out and b"azN5LTRiMmY5ZTFk" not in out
+        assert b"key=[REDACTED]\r\n" in out
+        assert b'{"key": "[REDACTED]"}' in out
+        assert b"pw=abc" in out
+        assert out.startswith(
+            b"conveyor: warning: $DB_PASSWORD is shorter than 6 bytes: it is not redacted "
+            b"from the log\r\n"
+        )

@@ -16,6 +16,7 @@ import anyio
 from conveyor.protocol import SignalReason
 from conveyor.runner.logstream import LogSink, LogStreamer
 from conveyor.runner.process import run_process
+from conveyor.runner.redactor import DEFAULT_REDACTED_VARS, Redactor, secret_values
 
 log = logging.getLogger("conveyor.runner")
 
@@ -57,6 +58,8 @@ class JobRun:
     chunk_interval: float = 1.0
     cancel_signal: int = signal.SIGTERM
     cancel_grace: float = 10.0
+    redacted_vars: tuple[str, ...] = DEFAULT_REDACTED_VARS
+    """Names (globs) of the variables of `env` whose values never reach the log."""
 
 
 @dataclass(frozen=True)
@@ -85,6 +88,9 @@ class JobRunner:
         self._after_command = after_command
         self._scope = anyio.CancelScope()
         self._cancel_reason: SignalReason | None = None
+        self.redactor = Redactor()
+        for name, value in sorted(secret_values(run.env, run.redacted_vars).items()):
+            self.redactor.add(value, name=f"${name}")
 
     def cancel(self, reason: SignalReason) -> None:
         """Stop the job; before `run` it never starts. The first reason given is reported."""
@@ -99,7 +105,7 @@ class JobRunner:
             self._sink, max_chunk_size=spec.chunk_max_size, interval=spec.chunk_interval
         ) as streamer:
 
-            async def output(data: bytes) -> None:
+            async def emit(data: bytes) -> None:
                 if self._tee is not None:
                     try:
                         await self._tee.write(data)
@@ -109,6 +115,13 @@ class JobRunner:
                         self._tee = None
                 await streamer.write(data)
 
+            async def output(data: bytes) -> None:
+                # Everything the job writes passes the redactor before it is shown or sent.
+                if released := self.redactor.write(data):
+                    await emit(released)
+
+            for warning in self.redactor.warnings:
+                await emit(f"conveyor: warning: {warning}\r\n".encode())
             try:
                 with self._scope:
                     try:
@@ -135,6 +148,8 @@ class JobRunner:
                         # failed command keeps its own exit status.
                         status = 1 if status == 0 else status
             finally:
+                if rest := self.redactor.flush():
+                    await emit(rest)
                 if self._tee is not None:
                     with contextlib.suppress(Exception):
                         self._tee.close()

@@ -220,7 +220,13 @@ async def download(job: JobClient, artifact: p.ArtifactOut, destination: Path) -
         await _download_once(job, artifact, target)
         return target
 
-    return await retrying(f"artifact download {artifact.path}", ARTIFACT, once)
+    try:
+        return await retrying(f"artifact download {artifact.path}", ARTIFACT, once)
+    except OSError as exc:
+        # Not writable, no space, a file where a directory must go...: one clear line.
+        raise ConveyorError(
+            f"cannot write artifact {artifact.path!r} to {target}: {exc.strerror or exc}"
+        ) from None
 
 
 async def _download_once(job: JobClient, artifact: p.ArtifactOut, target: Path) -> None:

@@ -259,21 +259,21 @@ class JobClient(_Base):
 
     async def set_meta_data(self, key: str, value: str) -> None:
         await self._call_empty(
-            "meta-data set", IN_JOB, "PUT", f"/jobs/{self.job_id}/meta-data/{quote(key)}",
-            json=p.MetaDataSet(value=value).model_dump(),
+            "meta-data set", IN_JOB, "PUT", f"/jobs/{self.job_id}/meta-data",
+            json=p.MetaDataSet(key=key, value=value).model_dump(),
         )  # fmt: skip
 
     async def get_meta_data(self, key: str) -> str | None:
         """The value, or None when the build has no such key."""
         found = await self._call(
-            "meta-data get", IN_JOB, "GET", f"/jobs/{self.job_id}/meta-data/{quote(key)}",
-            p.MetaDataValue,
+            "meta-data get", IN_JOB, "GET", f"/jobs/{self.job_id}/meta-data",
+            p.MetaDataValue, params={"key": key},
         )  # fmt: skip
         return found.value
 
     async def meta_data_keys(self) -> list[str]:
         answer = await self._call(
-            "meta-data keys", IN_JOB, "GET", f"/jobs/{self.job_id}/meta-data", p.MetaDataKeys
+            "meta-data keys", IN_JOB, "GET", f"/jobs/{self.job_id}/meta-data-keys", p.MetaDataKeys
         )
         return answer.keys
 
@@ -286,8 +286,8 @@ class JobClient(_Base):
     async def remove_annotation(self, context: str) -> bool:
         """False when the build has no annotation of that context."""
         answer = await self._call(
-            "annotation remove", IN_JOB, "DELETE",
-            f"/jobs/{self.job_id}/annotations/{quote(context, safe='')}", p.AnnotationRemoved,
+            "annotation remove", IN_JOB, "DELETE", f"/jobs/{self.job_id}/annotations",
+            p.AnnotationRemoved, params={"context": context},
         )  # fmt: skip
         return answer.removed
 

@@ -55,8 +55,16 @@ JOB_TRANSITIONS: dict[JobState, frozenset[JobState]] = {
         {JobState.ASSIGNED, JobState.CANCELED, JobState.SKIPPED, JobState.EXPIRED}
     ),
     # An assigned job goes back to scheduled when its agent never accepts it.
+    # A job pushed on a stream comes with its spec and token: the agent starts it without
+    # accepting it first.
     JobState.ASSIGNED: frozenset(
-        {JobState.ACCEPTED, JobState.SCHEDULED, JobState.CANCELED, JobState.FINISHED}
+        {
+            JobState.ACCEPTED,
+            JobState.RUNNING,
+            JobState.SCHEDULED,
+            JobState.CANCELED,
+            JobState.FINISHED,
+        }
     ),
     JobState.ACCEPTED: frozenset(
         {JobState.RUNNING, JobState.FINISHED, JobState.CANCELING, JobState.CANCELED}
@@ -205,6 +213,10 @@ class StreamMessage(_Model):
     job: JobRef | None = None
     reason: str = ""
     update: AgentUpdate | None = None
+    spec: JobSpec | None = Field(
+        default=None,
+        description="with job_assigned: the job with its token, to start without accepting it",
+    )
 
 
 STREAM_KEEPALIVE_S = 5.0
@@ -232,6 +244,9 @@ class JobSpec(_Model):
         default_factory=list,
         description="globs of files the agent uploads as artifacts after the command, "
         "relative to the job's working directory",
+    )
+    assigned_at: datetime | None = Field(
+        default=None, description="when the server assigned the job to this agent"
     )
 
 
@@ -301,6 +316,7 @@ META_DATA_MAX_VALUE = 100_000
 class MetaDataSet(_Model):
     model_config = ConfigDict(extra="forbid")
 
+    key: str
     value: str = Field(description="any text, up to 100,000 bytes")
 
 

@@ -141,7 +141,10 @@ steps:
         "TERM": "xterm-256color",
     }
     assert {k: env.get(k) for k in expected} == expected
-    assert env["CONVEYOR_AGENT_ACCESS_TOKEN"].startswith("cvj_")
+    # The job has its token, but printing it shows nothing of it: *_TOKEN values are redacted.
+    assert env["CONVEYOR_AGENT_ACCESS_TOKEN"] == "[REDACTED]"
+    assert env["BUILDKITE_AGENT_ACCESS_TOKEN"] == "[REDACTED]"
+    assert "cvj_" not in log
     # Jobs run in <build-path>/<agent-name>/<pipeline>.
     checkout = env["CONVEYOR_BUILD_CHECKOUT_PATH"]
     assert checkout.startswith(str(tmp_path / "builds")) and checkout.endswith("/test")

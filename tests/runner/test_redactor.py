@@ -163,3 +163,11 @@ def test_secret_values_come_from_the_variables_named_by_the_patterns() -> None:
         "CONVEYOR_AGENT_ACCESS_TOKEN": "cvj_abcdef",
         "GITHUB_API_KEY": "ghp_123456",
     }
+
+
+def test_a_value_with_surrounding_whitespace_is_redacted_as_printed() -> None:
+    """A YAML block scalar gives the value a trailing newline; the value is printed without it,
+    or followed by the terminal's CRLF."""
+    r = Redactor(["hunter2secret\n", "  spacedsecret"])
+    out = r.write(b"echo: hunter2secret\r\ntoken=hunter2secret. value:spacedsecret\n") + r.flush()
+    assert out == b"echo: [REDACTED]\r\ntoken=[REDACTED]. value:[REDACTED]\n"

@@ -709,3 +709,27 @@ async def test_retrying_a_triggered_builds_job_reopens_the_trigger_step(
     assert await dag.jobs() == {"after": "scheduled"}
     await dag.finish("after")
     assert await dag.state() == BuildState.PASSED
+
+
+async def test_retrying_a_job_of_a_build_whose_trigger_was_canceled(dag: Dag, store: Store) -> None:
+    """The triggered build runs again; the canceled build that triggered it stays canceled."""
+    async with store.transaction() as tx:
+        await tx.upsert_pipeline("deploy", steps="steps:\n  - {label: ship, command: x}\n")
+    parent = await dag.create(
+        "steps:\n  - {trigger: deploy, label: go}\n  - {label: other, command: x}\n"
+    )
+    child_id = (await dag.build()).steps[0].config["triggered_build"]["id"]
+    dag.build_id = child_id
+    await dag.finish("ship", 1)
+    async with store.transaction() as tx:
+        await scheduler.cancel_build(tx, parent.id)
+    dag.build_id = parent.id
+    assert await dag.state() == BuildState.CANCELED
+    dag.build_id = child_id
+    ship = await dag.job("ship")
+    async with store.transaction() as tx:
+        await retry_job(tx, ship.id)
+    assert await dag.state() == BuildState.RUNNING
+    dag.build_id = parent.id
+    assert await dag.state() == BuildState.CANCELED
+    assert (await dag.steps())["go"] == "failed"

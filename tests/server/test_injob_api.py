@@ -32,14 +32,25 @@ async def test_meta_data_is_shared_by_the_builds_jobs(driver: Driver) -> None:
     await setter.set_meta_data("version", "1.4.2")
     await setter.set_meta_data("notes/multi line", "a\nb\n")
     await setter.set_meta_data("version", "1.4.3")  # the latest value wins
+    # Keys are kept exactly as given, URL-like ones too.
+    for odd in ("a/../b", "../x", ".", "..", "a/./b", "50% off?&x=1"):
+        await setter.set_meta_data(odd, f"value of {odd}")
+    for odd in ("a/../b", "../x", ".", "..", "a/./b", "50% off?&x=1"):
+        assert await setter.get_meta_data(odd) == f"value of {odd}"
+    assert await setter.get_meta_data("b") is None
     await finish(setter)
     # Another job of the build, on another agent, sees it; so does the REST API.
     _, getter = await driver.take("get")
     assert await getter.get_meta_data("version") == "1.4.3"
     assert await getter.get_meta_data("notes/multi line") == "a\nb\n"
-    assert await getter.meta_data_keys() == ["notes/multi line", "version"]
+    odd = {k: v for k, v in (await driver.refresh()).meta_data.items() if "value of" in v}
+    assert len(odd) == 6
+    assert await getter.meta_data_keys() == sorted(["notes/multi line", "version", *odd])
     build = await driver.refresh()
-    assert build.meta_data == {"version": "1.4.3", "notes/multi line": "a\nb\n"}
+    assert {k: build.meta_data[k] for k in ("version", "notes/multi line")} == {
+        "version": "1.4.3",
+        "notes/multi line": "a\nb\n",
+    }
     await finish(getter)
 
 
@@ -115,6 +126,8 @@ async def test_annotations_are_created_appended_replaced_and_removed(driver: Dri
     }
     assert await a.remove_annotation("default") is True
     assert await a.remove_annotation("default") is False
+    await a.annotate(p.AnnotationRequest(body="x", context="tests/unit"))
+    assert await a.remove_annotation("tests/unit") is True
     listed = await driver.api.http.get(f"/api/v1/pipelines/test/builds/{build.number}/annotations")
     assert [n["context"] for n in listed.json()] == ["tests", "coverage"]
     # A bad style is refused by name.

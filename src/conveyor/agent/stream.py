@@ -65,8 +65,10 @@ class StreamLoop:
         stream_only: bool,
         on_cancel: Callable[[str], None],
         on_update: Callable[[p.AgentUpdate], None] | None = None,
+        on_spec: Callable[[p.JobSpec], None] | None = None,
     ) -> None:
         self._client = client
+        self._on_spec = on_spec
         self._debouncer = debouncer
         self._health = health
         self._name = name
@@ -78,6 +80,8 @@ class StreamLoop:
     def _handle(self, message: p.StreamMessage) -> None:
         kind = message.type
         if kind == p.StreamMessageType.JOB_ASSIGNED and message.job is not None:
+            if message.spec is not None and self._on_spec is not None:
+                self._on_spec(message.spec)  # the job can start without an accept
             self._debouncer.job(message.job.id)
         elif kind == p.StreamMessageType.CANCEL_JOB and message.job is not None:
             self._on_cancel(message.job.id)

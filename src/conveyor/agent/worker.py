@@ -102,6 +102,8 @@ class AgentWorker:
         # Set when the pool shrinks: this worker finishes its job, then goes.
         self.retiring = False
         self._process_id = process_id
+        # Jobs pushed on the stream with their spec and token: run without an accept.
+        self._pushed: dict[str, p.JobSpec] = {}
 
     def status(self) -> dict[str, str]:
         """One line per loop, for the health server's /status.json."""
@@ -171,6 +173,7 @@ class AgentWorker:
             stream_only=opts.ping_mode == "stream-only",
             on_cancel=self._cancel_by_server,
             on_update=self._on_update,
+            on_spec=self._on_pushed_spec,
         )
         self._actions = ActionLoop(debouncer, health, baton, on_job, name=self.name)
         if self._stop_requested:
@@ -248,19 +251,26 @@ class AgentWorker:
             self.stop_reason = "job-finished"
             self.stop()
 
+    def _on_pushed_spec(self, spec: p.JobSpec) -> None:
+        self._pushed = {spec.id: spec}  # only the latest: the worker runs one job at a time
+
     async def _accept_and_run(self, client: AgentClient, job_id: str) -> None:
-        try:
-            spec = await client.accept(job_id)
-        except (httpx.TransportError, APIError) as exc:
-            log.warning("%s: could not accept job %s: %s", self.name, job_id, exc)
-            return
+        spec = self._pushed.pop(job_id, None)
+        eager = spec is not None and _fresh(spec)
+        if spec is None or not eager:
+            try:
+                spec = await client.accept(job_id)
+            except (httpx.TransportError, APIError) as exc:
+                log.warning("%s: could not accept job %s: %s", self.name, job_id, exc)
+                return
         job = client.job_client(spec)
-        try:
-            await job.start()
-        except (httpx.TransportError, APIError) as exc:
-            log.warning("%s: could not start job %s: %s", self.name, job_id, exc)
-            await self._finish(job, exit_status=-1, reason=p.SignalReason.PROCESS_RUN_ERROR)
-            return
+        if not eager:
+            try:
+                await job.start()
+            except (httpx.TransportError, APIError) as exc:
+                log.warning("%s: could not start job %s: %s", self.name, job_id, exc)
+                await self._finish(job, exit_status=-1, reason=p.SignalReason.PROCESS_RUN_ERROR)
+                return
         workdir = self.options.workdir or (self.options.build_path / self.name / spec.pipeline)
         run = JobRun(
             command=spec.command,
@@ -280,9 +290,14 @@ class AgentWorker:
             cancel_grace=self.options.cancel_grace,
         )
         tee = self._tee(spec) if self._tee is not None else None
+        # Eager: the command is spawned while the start call is on its way; the log waits for
+        # it, and a refused start stops the command at once.
+        started = anyio.Event()
+        if not eager:
+            started.set()
         runner = self._runner = JobRunner(
             run,
-            _JobSink(job, lambda: runner.cancel(p.SignalReason.CANCEL)),
+            _JobSink(job, lambda: runner.cancel(p.SignalReason.CANCEL), started),
             tee=tee,
             after_command=_ArtifactPaths(job, workdir, spec.artifact_paths)
             if spec.artifact_paths
@@ -293,8 +308,11 @@ class AgentWorker:
         log.info("%s: running job %s (%s)", self.name, spec.id, spec.label)
         try:
             async with anyio.create_task_group() as watch:
+                if eager:
+                    watch.start_soon(self._start_alongside, job, runner, started)
                 watch.start_soon(self._watch_job, job, runner)
                 result = await runner.run()
+                await started.wait()  # never finish before the start
                 watch.cancel_scope.cancel()
         except BaseException:
             # Stopped from outside (the agent is going down): the job still gets its last word.
@@ -311,6 +329,19 @@ class AgentWorker:
             chunks_failed_count=result.chunks_failed_count,
         )
         log.info("%s: job %s exited with %s", self.name, spec.id, result.exit_status)
+
+    async def _start_alongside(
+        self, job: JobClient, runner: JobRunner, started: anyio.Event
+    ) -> None:
+        try:
+            await job.start()
+        except (httpx.TransportError, APIError) as exc:
+            # Refused: the job was canceled or given to another agent meanwhile; or the
+            # server could not be told. Either way the command does not go on.
+            log.warning("%s: could not start job %s: %s", self.name, job.job_id, exc)
+            runner.cancel(p.SignalReason.PROCESS_RUN_ERROR)
+        finally:
+            started.set()
 
     async def _watch_job(self, job: JobClient, runner: JobRunner) -> None:
         """Poll the job's state (interval plus jitter): a job the server is canceling, or one
@@ -358,15 +389,30 @@ class AgentWorker:
                 log.error("%s: could not finish job %s: %s", self.name, job.job_id, exc)
 
 
+EAGER_WINDOW_S = 5.0
+"""A pushed job is started alongside its spawn only if it was assigned this recently (by the
+server's clock against ours): an older push may have been given to another agent since (after
+`reaper.ASSIGNMENT_TIMEOUT_S`), so it is accepted first."""
+
+
+def _fresh(spec: p.JobSpec) -> bool:
+    if spec.assigned_at is None:
+        return False
+    age = (datetime.now(UTC) - spec.assigned_at).total_seconds()
+    return -EAGER_WINDOW_S < age < EAGER_WINDOW_S
+
+
 class _JobSink:
     """The job's log sink; a job call refused as gone (401/404) cancels the job, as the job
     is no longer this agent's to run (it was finished, reassigned or its build canceled)."""
 
-    def __init__(self, job: JobClient, on_gone: Callable[[], None]):
+    def __init__(self, job: JobClient, on_gone: Callable[[], None], started: anyio.Event):
         self._job = job
         self._on_gone = on_gone
+        self._started = started
 
     async def upload_chunk(self, sequence: int, offset: int, data: bytes) -> p.ChunkAck:
+        await self._started.wait()  # the server takes a job's log once it has started
         try:
             return await self._job.upload_chunk(sequence, offset, data)
         except JobGoneError:

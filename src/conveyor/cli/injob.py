@@ -54,11 +54,18 @@ def run_in_job(command: str, call: Callable[[JobClient], Awaitable[T]], hint: st
     endpoint, token, job_id = job_context(os.environ, command, hint)
 
     async def main() -> T:
+        import httpx
+
         from conveyor.client import JobClient, new_http_client
 
         async with new_http_client(endpoint) as http:
             try:
                 return await call(JobClient(http, token, job_id))
+            except httpx.TransportError as exc:
+                # Only once the call's retries are used up.
+                raise ConveyorError(
+                    f"cannot reach the server at {endpoint}: {exc or type(exc).__name__}"
+                ) from None
             except JobGoneError as exc:
                 raise ConveyorError(
                     f"the server refused this job's token ({exc}): the job has finished, "

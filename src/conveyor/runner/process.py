@@ -196,14 +196,17 @@ def _descendants(roots: set[int], marker: bytes | None = None) -> set[int]:
         pid = int(entry.name)
         try:
             stat = Path(f"/proc/{pid}/stat").read_text()
-            if marker is not None and pid != me:
-                environ = Path(f"/proc/{pid}/environ").read_bytes()
-                if marker in environ.split(b"\0"):
-                    marked.add(pid)
         except OSError:
-            continue  # gone meanwhile, or another user's
+            continue  # gone meanwhile
         ppid = int(stat.rsplit(")", 1)[1].split()[1])
         children.setdefault(ppid, []).append(pid)
+        if marker is not None and pid != me:
+            try:
+                environ = Path(f"/proc/{pid}/environ").read_bytes()
+            except OSError:
+                continue  # another user's, or not dumpable: found through its parent only
+            if marker in environ.split(b"\0"):
+                marked.add(pid)
     found: set[int] = set(marked)
     todo = [*roots, *marked]
     while todo:

@@ -43,6 +43,8 @@ _MAX_GAP = 64
 """Whitespace allowed between the lines of a multi-line secret; bounds what is withheld."""
 
 _WS = frozenset(b" \t\r\n\f\v")
+_PREFIX = 4
+"""Tokens of a needle's start that the C regex engine checks before Python looks closer."""
 _Token = int | None  # a byte, or None for a whitespace run between lines
 
 
@@ -122,9 +124,14 @@ class Redactor:
         self._needles: set[tuple[_Token, ...]] = set()
         self._by_first: dict[int, list[tuple[_Token, ...]]] = {}
         self._regex: re.Pattern[bytes] | None = None
-        self._firsts: re.Pattern[bytes] | None = None  # the bytes a needle can start with
+        self._starts: re.Pattern[bytes] | None = None  # where a needle's first tokens match
+        self._tail = 0  # how near the end a partial match may be too short for `_starts`
         self._window = 0  # the longest a match can be: how far back a partial one may start
         self._pending = b""
+        # Where in `_pending` a secret may still be starting; the rest of it is known not to,
+        # so each write looks only at these and at what the new bytes let it see.
+        self._alive: list[int] = []
+        self._rescan = False  # new needles: all of `_pending` is looked at again
         self.warnings: list[str] = []
         for secret in secrets:
             self.add(secret)
@@ -138,9 +145,9 @@ class Redactor:
                     f"{name} is shorter than {MIN_SECRET} bytes: it is not redacted from the log"
                 )
             return False
-        # Surrounding whitespace is part of a one-line secret, but not of a multi-line one,
-        # whose lines are matched trimmed.
-        for form in _forms(raw.strip() if b"\n" in raw.strip() else raw):
+        # Surrounding whitespace (a YAML block's trailing newline) is not part of a secret:
+        # what is printed is the value without it. Lines of a multi-line one match trimmed.
+        for form in _forms(raw.strip()):
             tokens = _tokens(form) if b"\n" in form.strip() else tuple(form)
             if tokens and tokens not in self._needles:
                 self._needles.add(tokens)
@@ -150,28 +157,36 @@ class Redactor:
         # Longest first, so that of two needles matching at one place the longer one wins.
         ordered = sorted(self._needles, key=len, reverse=True)
         self._regex = re.compile(b"|".join(_pattern(t) for t in ordered))
-        self._firsts = re.compile(
-            b"[" + b"".join(re.escape(bytes([b])) for b in sorted(self._by_first)) + b"]"
-        )
+        starts = {_pattern(t[:_PREFIX]) for t in ordered}
+        # No lookahead: an alternation lets the engine skip ahead on its first bytes.
+        self._starts = re.compile(b"|".join(sorted(starts)))
+        gaps = max(sum(1 for t in n[:_PREFIX] if t is None) for n in ordered)
+        self._tail = _PREFIX - 1 + gaps * _MAX_GAP
+        self._rescan = True
         return True
 
     def write(self, data: bytes) -> bytes:
         if self._regex is None:
             return data
+        seen = 0 if self._rescan else len(self._pending)
+        self._rescan = False
         buf = self._pending + data
         ranges = self._matches(buf)
-        safe = self._partial_start(buf, ranges)
+        alive = self._partials(buf, seen)
+        safe = alive[0] if alive else len(buf)
         # A match reaching the end may grow (a longer needle, more whitespace): wait for it.
         for start, end in ranges:
             if end >= len(buf) or end > safe:
                 safe = min(safe, start)
         out = self._replace(buf[:safe], [(s, e) for s, e in ranges if e <= safe])
         self._pending = buf[safe:]
+        self._alive = [i - safe for i in alive]
         return out
 
     def flush(self) -> bytes:
         """The withheld rest: complete matches in it are redacted, partial ones are not secrets."""
         buf, self._pending = self._pending, b""
+        self._alive = []
         if self._regex is None or not buf:
             return buf
         return self._replace(buf, self._matches(buf))
@@ -183,23 +198,34 @@ class Redactor:
         pos = 0
         while (m := self._regex.search(buf, pos)) is not None:
             start, end = m.span()
-            if ranges and start <= ranges[-1][1]:
+            if ranges and start < ranges[-1][1]:
                 ranges[-1] = (ranges[-1][0], max(end, ranges[-1][1]))
             else:
                 ranges.append((start, end))
             pos = start + 1
         return ranges
 
-    def _partial_start(self, buf: bytes, ranges: list[tuple[int, int]]) -> int:
-        """The earliest place in the tail where a secret may be starting; len(buf) if none."""
-        assert self._firsts is not None
+    def _partials(self, buf: bytes, seen: int) -> list[int]:
+        """The places where a secret may be starting, in order. `buf[:seen]` was looked at
+        before: of it, only the places alive then, and the last `_tail` bytes (which the new
+        bytes may complete), are looked at again."""
+        assert self._starts is not None
         n = len(buf)
-        for m in self._firsts.finditer(buf, max(0, n - self._window + 1)):
-            i = m.start()
-            for tokens in self._by_first[buf[i]]:
-                if _could_start(tokens, buf[i:]):
-                    return i
-        return n
+        lo = max(0, n - self._window + 1)
+        # Where a needle's first tokens are all there, the regex engine finds them; nearer the
+        # end than that, every byte that starts a needle is a candidate.
+        near_end = max(lo, n - self._tail)
+        candidates = {i for i in self._alive if i >= lo}
+        pos = max(lo, seen - self._tail)
+        while (m := self._starts.search(buf, pos)) is not None:
+            candidates.add(m.start())
+            pos = m.start() + 1  # overlapping starts too ("-----" holds "----" twice)
+        candidates.update(i for i in range(near_end, n) if buf[i] in self._by_first)
+        return [
+            i
+            for i in sorted(candidates)
+            if any(_could_start(t, buf[i:]) for t in self._by_first.get(buf[i], ()))
+        ]
 
     @staticmethod
     def _replace(buf: bytes, ranges: list[tuple[int, int]]) -> bytes:

@@ -16,6 +16,7 @@ from conveyor.server import jobenv, retries, scheduler
 from conveyor.server.auth import agent_token, context, job_token, registration_token
 from conveyor.server.context import ServerContext
 from conveyor.server.dispatcher import claim_job, release_agent_jobs
+from conveyor.server.jobspec import job_spec
 from conveyor.server.uploads import upload_pipeline as upload_steps
 from conveyor.storage import Tx
 from conveyor.storage.queries.base import utcnow
@@ -207,35 +208,15 @@ async def accept(job_id: str, request: Request, token: AgentToken) -> p.JobSpec:
             raise HTTPException(404, str(exc)) from None
         if job.agent_id != agent_id:
             raise HTTPException(409, "this job is not assigned to you")
-        if job.state == "accepted":
-            # A retry whose first answer was lost: the same job again, with a fresh token (the
-            # first one never reached the agent, so it is revoked).
-            await tx.revoke_job_tokens(job_id)
-        else:
+        if job.state != "accepted":  # accepted: a retry whose first answer was lost
             try:
                 await tx.require_transition(job_id, ["assigned"], "accepted", accepted_at=utcnow())
             except InvalidStateError as exc:
                 raise HTTPException(409, str(exc)) from None
-        agent = await tx.get_agent(agent_id)
-        build = await tx.get_build(job.build_id)
-        token_value = await tx.create_token("job", job_id=job_id)
+        # A new token: one given before (an answer that was lost, or the push) is revoked.
+        spec = await job_spec(ctx, tx, job_id, agent_id)
     ctx.streams.busy(agent_id)
-    step = next(s for s in build.steps if s.id == job.step_id)
-    return p.JobSpec(
-        id=job.id,
-        build_id=build.id,
-        build_number=build.number,
-        pipeline=build.pipeline_slug,
-        step_key=step.key,
-        label=job.label,
-        command=job.command,
-        env=jobenv.job_env(build, step, job, agent, endpoint=ctx.external_url),
-        token=token_value,
-        chunks_max_size_bytes=ctx.chunk_max_size,
-        chunks_interval_seconds=ctx.chunk_interval,
-        log_max_size_bytes=ctx.log_max_size,
-        artifact_paths=[str(glob) for glob in step.config.get("artifact_paths") or []],
-    )
+    return spec
 
 
 @router.put("/jobs/{job_id}/start", status_code=204)
@@ -245,8 +226,12 @@ async def start(job_id: str, body: p.StartRequest, request: Request, _: JobToken
         job = await tx.get_job(job_id)
         if job.state == "running":
             return  # a retry whose first answer was lost
+        values: dict[str, Any] = {"started_at": body.started_at}
+        if job.state == "assigned":
+            # Pushed on the agent's stream with its token: started without an accept.
+            values["accepted_at"] = utcnow()
         try:
-            await tx.require_transition(job_id, ["accepted"], "running", started_at=body.started_at)
+            await tx.require_transition(job_id, ["accepted", "assigned"], "running", **values)
         except InvalidStateError as exc:
             raise HTTPException(409, str(exc)) from None
         await scheduler.advance_build(tx, job.build_id)

@@ -9,6 +9,7 @@ import anyio
 from conveyor import protocol as p
 from conveyor.server.artifact_store import ArtifactStore
 from conveyor.server.events import Notifier
+from conveyor.server.jobspec import job_spec
 from conveyor.server.streams import StreamHub
 from conveyor.storage import Store
 
@@ -37,4 +38,8 @@ class ServerContext:
     orders: dict[str, p.PingResponse] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.streams = StreamHub(self.store, match_any_agent=self.match_any_agent)
+        self.streams = StreamHub(
+            self.store,
+            match_any_agent=self.match_any_agent,
+            make_spec=lambda tx, job_id, agent_id: job_spec(self, tx, job_id, agent_id),
+        )

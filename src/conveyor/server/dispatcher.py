@@ -93,7 +93,8 @@ async def release_agent_jobs(tx: Tx, agent_id: str, reason: SignalReason) -> set
     """
     builds: set[str] = set()
     for job in await tx.jobs_of_agent(agent_id, ["assigned"]):
-        await tx.transition_job(job.id, ["assigned"], "scheduled", agent_id=None)
+        if await tx.transition_job(job.id, ["assigned"], "scheduled", agent_id=None):
+            await tx.revoke_job_tokens(job.id)  # one pushed with the assignment
         builds.add(job.build_id)
     live = ["accepted", "running", "canceling"]
     for job in await tx.jobs_of_agent(agent_id, live):

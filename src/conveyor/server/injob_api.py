@@ -48,12 +48,16 @@ async def _live_job(tx: Tx, job_id: str) -> JobRow:
     return job
 
 
-@router.put("/jobs/{job_id}/meta-data/{key:path}", status_code=204)
-async def set_meta_data(
-    job_id: str, key: str, body: p.MetaDataSet, request: Request, _: JobToken
-) -> None:
+# Keys travel in bodies and query strings, never in the path: a key may hold `/`, `.` or `..`,
+# which URL paths would resolve away.
+_KEY = Annotated[str, Query(description="the meta-data key")]
+
+
+@router.put("/jobs/{job_id}/meta-data", status_code=204)
+async def set_meta_data(job_id: str, body: p.MetaDataSet, request: Request, _: JobToken) -> None:
     """`conveyor meta-data set`: a build-wide value, seen by every later job of the build (on
     any agent) and in the REST API's `meta_data`. Setting a key again replaces its value."""
+    key = body.key
     check_meta_data_key(key)
     if not body.value.strip():
         raise HTTPException(422, f"the value of meta-data key {key!r} is empty")
@@ -69,8 +73,8 @@ async def set_meta_data(
     ctx.notifier.notify(f"build:{job.build_id}")
 
 
-@router.get("/jobs/{job_id}/meta-data/{key:path}", response_model=p.MetaDataValue)
-async def get_meta_data(job_id: str, key: str, request: Request, _: JobToken) -> p.MetaDataValue:
+@router.get("/jobs/{job_id}/meta-data", response_model=p.MetaDataValue)
+async def get_meta_data(job_id: str, key: _KEY, request: Request, _: JobToken) -> p.MetaDataValue:
     """`conveyor meta-data get / exists`: `value` is null when the build has no such key."""
     check_meta_data_key(key)
     async with context(request).store.transaction() as tx:
@@ -79,7 +83,7 @@ async def get_meta_data(job_id: str, key: str, request: Request, _: JobToken) ->
     return p.MetaDataValue(key=key, value=build.meta_data.get(key))
 
 
-@router.get("/jobs/{job_id}/meta-data", response_model=p.MetaDataKeys)
+@router.get("/jobs/{job_id}/meta-data-keys", response_model=p.MetaDataKeys)
 async def meta_data_keys(job_id: str, request: Request, _: JobToken) -> p.MetaDataKeys:
     """`conveyor meta-data keys`: every key of the build, sorted."""
     async with context(request).store.transaction() as tx:
@@ -119,9 +123,12 @@ async def annotate(
     return annotation_out(row)
 
 
-@router.delete("/jobs/{job_id}/annotations/{context_name}", response_model=p.AnnotationRemoved)
+@router.delete("/jobs/{job_id}/annotations", response_model=p.AnnotationRemoved)
 async def remove_annotation(
-    job_id: str, context_name: str, request: Request, _: JobToken
+    job_id: str,
+    request: Request,
+    _: JobToken,
+    context_name: Annotated[str, Query(alias="context", description="the annotation's context")],
 ) -> p.AnnotationRemoved:
     """`conveyor annotation remove`: `removed` is false when there was none of that context."""
     ctx = context(request)

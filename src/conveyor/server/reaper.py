@@ -26,12 +26,15 @@ ASSIGNMENT_TIMEOUT_S = 30.0
 
 
 async def expire_assignments(ctx: ServerContext, older_than: float = ASSIGNMENT_TIMEOUT_S) -> int:
-    """Jobs assigned but never accepted go back to the queue, for another agent to take."""
+    """Jobs assigned but never accepted (or started, when pushed with their spec) go back to
+    the queue, for another agent to take."""
     cutoff = utcnow() - timedelta(seconds=older_than)
     async with ctx.store.transaction() as tx:
         expired = await tx.stale_assignments(cutoff)
         for job in expired:
             if await tx.transition_job(job.id, ["assigned"], "scheduled", agent_id=None):
+                # A token pushed with the assignment must not start the job any more.
+                await tx.revoke_job_tokens(job.id)
                 if job.agent_id is not None:
                     await tx.set_agent_job(job.agent_id, None)
                 log.warning("job %s was not accepted in %ss: offered again", job.id, older_than)

@@ -54,7 +54,10 @@ async def _reopen(tx: Tx, build: BuildRow, step: StepRow) -> None:
         trigger = await tx.get_step(build.parent_step_id)
         if trigger.state in SETTLED and not trigger.config.get("async"):
             await tx.lock_build(trigger.build_id)
-            await _reopen(tx, await tx.get_build(trigger.build_id), trigger)
+            parent = await tx.get_build(trigger.build_id)
+            # A canceled triggering build stays canceled: only this build runs again.
+            if parent.state not in (BuildState.CANCELING, BuildState.CANCELED):
+                await _reopen(tx, parent, trigger)
     await advance_build(tx, build.id)
 
 

@@ -6,12 +6,15 @@ agent connected or went away) someone calls `kick()`; the pusher wakes, takes ru
 dispatch order (priority, then age) and gives each to the best idle matching agent: the one
 that most recently finished a job successfully (its caches are warm), then the higher agent
 priority. Assignment is the same compare-and-set as for pings, so two replicas never hand one
-job out twice.
+job out twice. The push carries the job's spec and a new job token, so the agent starts the job
+without an accept round trip; the job stays `assigned` until it starts, so an assignment whose
+push was lost is offered again (see `reaper.expire_assignments`).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -20,7 +23,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from conveyor import protocol as p
 from conveyor.server.dispatcher import matches
-from conveyor.storage import Store
+from conveyor.storage import Store, Tx
 from conveyor.storage.queries.base import utcnow
 from conveyor.storage.rows import AgentRow
 
@@ -39,10 +42,17 @@ class _Stream:
     opened_at: datetime = field(default_factory=utcnow)
 
 
+MakeSpec = Callable[[Tx, str, str], Awaitable[p.JobSpec]]
+"""(tx, job id, agent id) → the job's spec, with a new token (see `server.jobspec`)."""
+
+
 class StreamHub:
-    def __init__(self, store: Store, *, match_any_agent: bool = False) -> None:
+    def __init__(
+        self, store: Store, *, match_any_agent: bool = False, make_spec: MakeSpec | None = None
+    ) -> None:
         self._store = store
         self._match_any = match_any_agent
+        self._make_spec = make_spec
         self._streams: dict[str, _Stream] = {}
         self._wake = anyio.Event()
 
@@ -127,7 +137,7 @@ class StreamHub:
     async def dispatch(self) -> None:
         if not self._streams:
             return
-        assigned: list[tuple[_Stream, str]] = []
+        assigned: list[tuple[_Stream, str, p.JobSpec | None]] = []
         async with self._store.transaction() as tx:
             # Whether an agent is busy is what the database says (a job offered to it may have
             # been canceled, expired or refused since): the flag here only bridges a pass.
@@ -148,18 +158,22 @@ class StreamHub:
                     job.id, ["scheduled"], "assigned", agent_id=agent.agent.id, assigned_at=utcnow()
                 ):
                     await tx.set_agent_job(agent.agent.id, job.id)
+                    spec = None
+                    if self._make_spec is not None:
+                        spec = await self._make_spec(tx, job.id, agent.agent.id)
                     agent.busy = True
                     idle.remove(agent)
-                    assigned.append((agent, job.id))
+                    assigned.append((agent, job.id, spec))
                 if not idle:
                     break
-        for stream, job_id in assigned:
+        for stream, job_id, spec in assigned:
             message = p.StreamMessage(
-                type=p.StreamMessageType.JOB_ASSIGNED, job=p.JobRef(id=job_id)
+                type=p.StreamMessageType.JOB_ASSIGNED, job=p.JobRef(id=job_id), spec=spec
             )
             if not self.push(stream.agent.id, message):
                 # The stream went away between the claim and the push: the job goes back.
                 async with self._store.transaction() as tx:
-                    await tx.transition_job(job_id, ["assigned"], "scheduled", agent_id=None)
+                    if await tx.transition_job(job_id, ["assigned"], "scheduled", agent_id=None):
+                        await tx.revoke_job_tokens(job_id)
                     await tx.set_agent_job(stream.agent.id, None)
                 self.kick()

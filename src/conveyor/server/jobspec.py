@@ -1,0 +1,40 @@
+"""The JobSpec an agent runs a job from: given by `accept`, or pushed with the assignment on the
+agent's stream (so a streaming agent starts without an accept round trip)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from conveyor import protocol as p
+from conveyor.server import jobenv
+from conveyor.storage import Tx
+
+if TYPE_CHECKING:
+    from conveyor.server.context import ServerContext
+
+
+async def job_spec(ctx: ServerContext, tx: Tx, job_id: str, agent_id: str) -> p.JobSpec:
+    """The job as `agent_id` runs it, with a new job token. The caller has just assigned or
+    accepted the job in `tx`; the job's earlier tokens are revoked, so only the newest works."""
+    job = await tx.get_job(job_id)
+    await tx.revoke_job_tokens(job_id)
+    agent = await tx.get_agent(agent_id)
+    build = await tx.get_build(job.build_id)
+    token = await tx.create_token("job", job_id=job_id)
+    step = next(s for s in build.steps if s.id == job.step_id)
+    return p.JobSpec(
+        id=job.id,
+        build_id=build.id,
+        build_number=build.number,
+        pipeline=build.pipeline_slug,
+        step_key=step.key,
+        label=job.label,
+        command=job.command,
+        env=jobenv.job_env(build, step, job, agent, endpoint=ctx.external_url),
+        token=token,
+        chunks_max_size_bytes=ctx.chunk_max_size,
+        chunks_interval_seconds=ctx.chunk_interval,
+        log_max_size_bytes=ctx.log_max_size,
+        artifact_paths=[str(glob) for glob in step.config.get("artifact_paths") or []],
+        assigned_at=job.assigned_at,
+    )

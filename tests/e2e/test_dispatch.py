@@ -11,6 +11,7 @@ import socket
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -38,14 +39,16 @@ ASGIMessage = dict[str, Any]
 
 
 class FaultProxy:
-    """An ASGI reverse proxy to the real server. Its one fault: while `refusing` is set, the
+    """An ASGI reverse proxy to the real server. Its faults: while `refusing` is set, the
     stream endpoint answers with that status, and streams open at the moment it is set are cut
-    (the server side ends them cleanly). Everything else passes through untouched."""
+    (the server side ends them cleanly); while `refusing_starts` is set, a job's `start` call
+    gets that status. Everything else passes through untouched."""
 
     def __init__(self, upstream: httpx.AsyncClient):
         self._upstream = upstream
         self.url = ""
         self.refusing: int | None = None
+        self.refusing_starts: int | None = None
         self.requests: Counter[str] = Counter()  # by path
         self.streams_opened = 0
         self.streams_refused = 0
@@ -80,10 +83,15 @@ class FaultProxy:
         path: str = scope["path"]
         self.requests[path] += 1
         try:
+            status = None
             if path == STREAM_PATH and self.refusing is not None:
                 self.streams_refused += 1
+                status = self.refusing
+            elif path.endswith("/start") and self.refusing_starts is not None:
+                status = self.refusing_starts
+            if status is not None:
                 body = json.dumps({"message": "refused by the fault proxy"}).encode()
-                await send({"type": "http.response.start", "status": self.refusing,
+                await send({"type": "http.response.start", "status": status,
                             "headers": [(b"content-type", b"application/json")]})  # fmt: skip
                 await send({"type": "http.response.body", "body": body})
                 return
@@ -566,6 +574,77 @@ async def test_an_assignment_never_accepted_goes_to_another_agent(
         with pytest.raises(APIError) as caught:
             await sink.accept(job_id)
         assert caught.value.status == 409
+
+
+async def test_a_pushed_job_starts_with_its_spec_and_an_expired_push_cannot(
+    database_url: str, tmp_path: Path
+) -> None:
+    """The push carries the job and its token: the agent starts it without an accept. Once the
+    assignment has been taken back, that token starts nothing."""
+    async with (
+        running_server(database_url, tmp_path / "srv") as server,
+        Api(server) as api,
+        new_http_client(server.url) as http,
+    ):
+        _, agent = await new_agent(http, server, "pushed")
+        async with agent.stream() as messages:
+            first = await api.create_build(one_step("echo one"))
+            with anyio.fail_after(10):
+                spec = await next_spec(messages)
+            assert (spec.id, spec.command) == (first.jobs[0].id, "echo one")
+            assert spec.assigned_at is not None and spec.token.startswith("cvj_")
+            job = agent.job_client(spec)
+            await job.start()  # straight from `assigned`
+            assert (await get_job(api, spec.id)).state == p.JobState.RUNNING
+            await job.finish(p.FinishRequest(exit_status=0, finished_at=datetime.now(UTC)))
+            assert (await api.wait_build(first)).state == p.BuildState.PASSED
+
+            second = await api.create_build(one_step("echo two"))
+            with anyio.fail_after(10):
+                late = await next_spec(messages)
+            assert await expire_assignments(server.ctx, older_than=0) == 1
+            # Offered again (to the only agent there is), with a new token...
+            with anyio.fail_after(10):
+                again = await next_spec(messages)
+            assert again.id == late.id == second.jobs[0].id and again.token != late.token
+            # ...and the token of the push that was taken back starts nothing.
+            with pytest.raises(APIError) as caught:
+                await agent.job_client(late).start()
+            assert caught.value.status == 401
+            await agent.job_client(again).start()
+            assert (await get_job(api, again.id)).state == p.JobState.RUNNING
+
+
+async def test_a_pushed_job_whose_start_is_refused_is_stopped_at_once(
+    database_url: str, tmp_path: Path
+) -> None:
+    """The command is spawned alongside the start call; when the server refuses the start (here
+    a fault of the proxy: a cancel or a reassignment in real life), it is stopped at once."""
+    ended = tmp_path / "ended"
+    async with (
+        running_server(database_url, tmp_path / "srv") as server,
+        fault_proxy(server.url) as proxy,
+        Api(server) as api,
+        running_agents(via(server, proxy), tmp_path / "builds", spawn=1, ping_mode="stream-only"),
+    ):
+        await proxy.until(lambda: proxy.streams_opened == 1)
+        proxy.refusing_starts = 409
+        clock = anyio.current_time()
+        build = await api.create_build(one_step(f"sleep 30; touch {ended}"))
+        finish = f"/agent/v1/jobs/{build.jobs[0].id}/finish"
+        # The agent tries to report the stopped job (the server refuses: it never started).
+        await proxy.until(lambda: proxy.requests[finish] >= 1, timeout=20)
+        took = anyio.current_time() - clock
+    # Spawned or not by the time the refusal came (a race), it is not left to run its 30 s.
+    assert not ended.exists() and took < 15
+
+
+async def next_spec(messages: AsyncIterator[p.StreamMessage]) -> p.JobSpec:
+    async for message in messages:
+        if message.type == p.StreamMessageType.JOB_ASSIGNED:
+            assert message.spec is not None
+            return message.spec
+    raise AssertionError("the stream ended")
 
 
 # ---- known bugs -----------------------------------------------------------------------------

@@ -299,7 +299,7 @@ class AgentWorker:
             run,
             _JobSink(job, lambda: runner.cancel(p.SignalReason.CANCEL), started),
             tee=tee,
-            after_command=_ArtifactPaths(job, workdir, spec.artifact_paths)
+            after_command=_ArtifactPaths(job, workdir, spec.artifact_paths, started)
             if spec.artifact_paths
             else None,
         )
@@ -424,12 +424,15 @@ class _ArtifactPaths:
     """Uploads the step's `artifact_paths` once the command has ended, reporting in the job's
     log; the runner fails a passed job when this fails."""
 
-    def __init__(self, job: JobClient, workdir: Path, globs: list[str]):
+    def __init__(self, job: JobClient, workdir: Path, globs: list[str], started: anyio.Event):
         self._job = job
         self._workdir = workdir
         self._globs = globs
+        self._started = started
 
     async def __call__(self, job_log: JobLog) -> bool:
+        await self._started.wait()  # a refused start would refuse the uploads too
+
         async def say(line: str) -> None:
             await job_log(f"conveyor: {line}\r\n".encode())
 

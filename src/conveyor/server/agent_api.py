@@ -28,8 +28,9 @@ AgentToken = Annotated[TokenRow, Depends(agent_token)]
 JobToken = Annotated[TokenRow, Depends(job_token)]
 
 _LIVE_JOB_STATES = ("accepted", "running", "canceling")
-# A job may add steps to its build while it runs (not once it is being canceled).
-_UPLOADING_JOB_STATES = ("accepted", "running")
+# A job may add steps to its build while it runs (not once it is being canceled). `assigned`:
+# a job pushed with its token runs before its start call has landed.
+_UPLOADING_JOB_STATES = ("assigned", "accepted", "running")
 # Results of the latest uploads a step made, by upload id: a retried upload is not repeated.
 _UPLOADS_KEPT = 20
 

@@ -38,7 +38,8 @@ JobToken = Annotated[TokenRow, Depends(job_token)]
 
 # A job may upload while it runs, and while it is being canceled (its command may still be
 # saving what it has); once finished its token is revoked anyway.
-_UPLOADING_JOB_STATES = ("accepted", "running", "canceling")
+# `assigned`: a job pushed with its token runs before its start call has landed.
+_UPLOADING_JOB_STATES = ("assigned", "accepted", "running", "canceling")
 _CONTENT_TYPE = r"^[\w.+-]+/[\w.+-]+$"
 
 _QueryParam = Annotated[

@@ -292,13 +292,14 @@ class AgentWorker:
         tee = self._tee(spec) if self._tee is not None else None
         # Eager: the command is spawned while the start call is on its way; the log waits for
         # it, and a refused start stops the command at once.
-        started = anyio.Event()
+        started, spawned = anyio.Event(), anyio.Event()
         if not eager:
             started.set()
         runner = self._runner = JobRunner(
             run,
             _JobSink(job, lambda: runner.cancel(p.SignalReason.CANCEL), started),
             tee=tee,
+            on_spawned=spawned.set,
             after_command=_ArtifactPaths(job, workdir, spec.artifact_paths, started)
             if spec.artifact_paths
             else None,
@@ -309,9 +310,10 @@ class AgentWorker:
         try:
             async with anyio.create_task_group() as watch:
                 if eager:
-                    watch.start_soon(self._start_alongside, job, runner, started)
+                    watch.start_soon(self._start_alongside, job, runner, spawned, started)
                 watch.start_soon(self._watch_job, job, runner)
                 result = await runner.run()
+                spawned.set()  # not spawned after all (it could not start): start anyway
                 await started.wait()  # never finish before the start
                 watch.cancel_scope.cancel()
         except BaseException:
@@ -331,8 +333,10 @@ class AgentWorker:
         log.info("%s: job %s exited with %s", self.name, spec.id, result.exit_status)
 
     async def _start_alongside(
-        self, job: JobClient, runner: JobRunner, started: anyio.Event
+        self, job: JobClient, runner: JobRunner, spawned: anyio.Event, started: anyio.Event
     ) -> None:
+        # Right after the spawn, not before: the request's own work would delay the command.
+        await spawned.wait()
         try:
             await job.start()
         except (httpx.TransportError, APIError) as exc:

@@ -132,6 +132,7 @@ class Redactor:
         # so each write looks only at these and at what the new bytes let it see.
         self._alive: list[int] = []
         self._rescan = False  # new needles: all of `_pending` is looked at again
+        self._stale = False  # new needles: the regexes are made again before the next write
         self.warnings: list[str] = []
         for secret in secrets:
             self.add(secret)
@@ -154,6 +155,13 @@ class Redactor:
                 self._by_first.setdefault(tokens[0], []).append(tokens)  # type: ignore[arg-type]
                 gaps = sum(1 for t in tokens if t is None)
                 self._window = max(self._window, len(tokens) + gaps * (_MAX_GAP - 1))
+                self._stale = True
+        return True
+
+    def _compile(self) -> None:
+        """The regexes for the needles, made at the first output after they changed: not
+        before the job's command is spawned, where they would only delay it."""
+        self._stale = False
         # Longest first, so that of two needles matching at one place the longer one wins.
         ordered = sorted(self._needles, key=len, reverse=True)
         self._regex = re.compile(b"|".join(_pattern(t) for t in ordered))
@@ -163,9 +171,10 @@ class Redactor:
         gaps = max(sum(1 for t in n[:_PREFIX] if t is None) for n in ordered)
         self._tail = _PREFIX - 1 + gaps * _MAX_GAP
         self._rescan = True
-        return True
 
     def write(self, data: bytes) -> bytes:
+        if self._stale:
+            self._compile()
         if self._regex is None:
             return data
         seen = 0 if self._rescan else len(self._pending)
@@ -185,6 +194,8 @@ class Redactor:
 
     def flush(self) -> bytes:
         """The withheld rest: complete matches in it are redacted, partial ones are not secrets."""
+        if self._stale:
+            self._compile()
         buf, self._pending = self._pending, b""
         self._alive = []
         if self._regex is None or not buf:

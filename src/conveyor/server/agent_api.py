@@ -215,7 +215,7 @@ async def accept(job_id: str, request: Request, token: AgentToken) -> p.JobSpec:
             except InvalidStateError as exc:
                 raise HTTPException(409, str(exc)) from None
         # A new token: one given before (an answer that was lost, or the push) is revoked.
-        spec = await job_spec(ctx, tx, job_id, agent_id)
+        spec = await job_spec(ctx, tx, job, await tx.get_agent(agent_id))
     ctx.streams.busy(agent_id)
     return spec
 

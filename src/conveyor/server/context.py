@@ -41,5 +41,5 @@ class ServerContext:
         self.streams = StreamHub(
             self.store,
             match_any_agent=self.match_any_agent,
-            make_spec=lambda tx, job_id, agent_id: job_spec(self, tx, job_id, agent_id),
+            make_spec=lambda tx, job, agent: job_spec(self, tx, job, agent, revoke=False),
         )

@@ -145,6 +145,7 @@ async def advance_build(tx: Tx, build_id: str) -> BuildRow:
             build = await tx.get_build(build_id)
             if not await _advance_once(tx, build):
                 break
+        before = build.state
         finished = await _update_build_state(tx, build)
     finally:
         _advancing.reset(token)
@@ -154,6 +155,8 @@ async def advance_build(tx: Tx, build_id: str) -> BuildRow:
         parent = await tx.get_step(build.parent_step_id)
         if parent.build_id not in _advancing.get():
             await advance_build(tx, parent.build_id)
+    if not finished and derive_state(build) == before:
+        return build  # nothing was written since it was read
     return await tx.get_build(build_id)
 
 

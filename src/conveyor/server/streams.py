@@ -13,6 +13,7 @@ push was lost is offered again (see `reaper.expire_assignments`).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ from conveyor import protocol as p
 from conveyor.server.dispatcher import matches
 from conveyor.storage import Store, Tx
 from conveyor.storage.queries.base import utcnow
-from conveyor.storage.rows import AgentRow
+from conveyor.storage.rows import AgentRow, JobRow
 
 log = logging.getLogger("conveyor.server")
 
@@ -42,8 +43,8 @@ class _Stream:
     opened_at: datetime = field(default_factory=utcnow)
 
 
-MakeSpec = Callable[[Tx, str, str], Awaitable[p.JobSpec]]
-"""(tx, job id, agent id) → the job's spec, with a new token (see `server.jobspec`)."""
+MakeSpec = Callable[[Tx, JobRow, AgentRow], Awaitable[p.JobSpec]]
+"""(tx, job just assigned, its agent) → the job's spec, with a new token (`server.jobspec`)."""
 
 
 class StreamHub:
@@ -154,13 +155,17 @@ class StreamHub:
                 )
                 if agent is None or not await tx.lock_if_free(job.id):
                     continue
+                now = utcnow()
                 if await tx.transition_job(
-                    job.id, ["scheduled"], "assigned", agent_id=agent.agent.id, assigned_at=utcnow()
+                    job.id, ["scheduled"], "assigned", agent_id=agent.agent.id, assigned_at=now
                 ):
                     await tx.set_agent_job(agent.agent.id, job.id)
                     spec = None
                     if self._make_spec is not None:
-                        spec = await self._make_spec(tx, job.id, agent.agent.id)
+                        held = dataclasses.replace(
+                            job, state="assigned", agent_id=agent.agent.id, assigned_at=now
+                        )
+                        spec = await self._make_spec(tx, held, agent.agent)
                     agent.busy = True
                     idle.remove(agent)
                     assigned.append((agent, job.id, spec))

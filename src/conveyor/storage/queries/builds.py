@@ -259,6 +259,20 @@ class BuildQueries(QueryBase):
     async def get_build(self, build_id: str) -> BuildRow:
         return await self._build(t.builds.c.id == build_id)
 
+    async def get_build_alone(self, build_id: str) -> BuildRow:
+        """The build without its steps and jobs (empty lists): one small query, for callers
+        that need only the build's own fields."""
+        r = (
+            await self.conn.execute(
+                select(*_BUILD_COLUMNS)
+                .select_from(t.builds.join(t.pipelines, t.builds.c.pipeline_id == t.pipelines.c.id))
+                .where(t.builds.c.id == build_id)
+            )
+        ).first()
+        if r is None:
+            raise NotFoundError("no such build")
+        return _build_row(r)
+
     async def get_build_by_number(self, pipeline_slug: str, number: int) -> BuildRow:
         try:
             return await self._build(

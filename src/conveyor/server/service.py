@@ -27,6 +27,7 @@ from conveyor.storage.engine import sqlite_url
 log = logging.getLogger("conveyor.server")
 
 TOKEN_FILES = {"registration": "registration-token", "api": "api-token"}
+_KEEP_ALIVE_S = 30
 
 
 @dataclass
@@ -146,6 +147,11 @@ async def run_server(
             lifespan="off",
             timeout_graceful_shutdown=3,
             log_level=settings.log_level,
+            # Idle connections are kept longer than clients keep them (httpx: 5 s), so the
+            # client is always the one to close: a server closing an idle connection just as
+            # a client reuses it makes that request fail ("Server disconnected without sending
+            # a response").
+            timeout_keep_alive=_KEEP_ALIVE_S,
         )
         server = _EmbeddedUvicorn(config)
 

@@ -19,6 +19,7 @@ import anyio
 import httpx
 import pytest
 import uvicorn
+from sqlalchemy import update
 
 from conveyor import protocol as p
 from conveyor.agent import AgentPool, WorkerOptions
@@ -27,6 +28,7 @@ from conveyor.client import AgentClient, new_http_client
 from conveyor.errors import APIError
 from conveyor.server.reaper import expire_assignments
 from conveyor.server.service import ServerHandle
+from conveyor.storage import tables as t
 from tests.harness import Api, running_agents, running_server
 
 pytestmark = pytest.mark.anyio
@@ -615,11 +617,58 @@ async def test_a_pushed_job_starts_with_its_spec_and_an_expired_push_cannot(
             assert (await get_job(api, again.id)).state == p.JobState.RUNNING
 
 
-async def test_a_pushed_job_whose_start_is_refused_is_stopped_at_once(
+async def test_a_pushed_job_canceled_before_its_start_never_starts(
     database_url: str, tmp_path: Path
 ) -> None:
-    """The command is spawned alongside the start call; when the server refuses the start (here
-    a fault of the proxy: a cancel or a reassignment in real life), it is stopped at once."""
+    async with (
+        running_server(database_url, tmp_path / "srv") as server,
+        Api(server) as api,
+        new_http_client(server.url) as http,
+    ):
+        _, agent = await new_agent(http, server, "pushed")
+        async with agent.stream() as messages:
+            build = await api.create_build(one_step("echo never"))
+            with anyio.fail_after(10):
+                spec = await next_spec(messages)
+            r = await api.http.post(f"/api/v1/pipelines/test/builds/{build.number}/cancel")
+            assert r.status_code == 200
+            with pytest.raises(APIError) as caught:
+                await agent.job_client(spec).start()
+            assert caught.value.status == 401  # the pushed token went with the cancel
+            job = await get_job(api, spec.id)
+            assert (job.state, job.started_at) == (p.JobState.CANCELED, None)
+
+
+async def test_only_the_agent_holding_a_job_can_start_it(database_url: str, tmp_path: Path) -> None:
+    """A start that passed its token check as the job was taken back and given to another
+    agent (a race, made here by moving the job in the database) is refused."""
+    async with (
+        running_server(database_url, tmp_path / "srv") as server,
+        Api(server) as api,
+        new_http_client(server.url) as http,
+    ):
+        _, agent = await new_agent(http, server, "first")
+        other_id, _ = await new_agent(http, server, "second")
+        async with agent.stream() as messages:
+            await api.create_build(one_step("echo once"))
+            with anyio.fail_after(10):
+                spec = await next_spec(messages)
+        async with server.ctx.store.transaction() as tx:
+            await tx.conn.execute(
+                update(t.jobs).where(t.jobs.c.id == spec.id).values(agent_id=other_id)
+            )
+        with pytest.raises(APIError) as caught:
+            await agent.job_client(spec).start()
+        assert caught.value.status == 409
+        assert "no longer assigned to this agent" in str(caught.value)
+        assert (await get_job(api, spec.id)).state == p.JobState.ASSIGNED
+
+
+async def test_a_pushed_job_whose_start_is_refused_does_not_run(
+    database_url: str, tmp_path: Path
+) -> None:
+    """When the server refuses the start (here a fault of the proxy: a cancel or a reassignment
+    in real life), the command is not run."""
     ended = tmp_path / "ended"
     async with (
         running_server(database_url, tmp_path / "srv") as server,
@@ -635,7 +684,6 @@ async def test_a_pushed_job_whose_start_is_refused_is_stopped_at_once(
         # The agent tries to report the stopped job (the server refuses: it never started).
         await proxy.until(lambda: proxy.requests[finish] >= 1, timeout=20)
         took = anyio.current_time() - clock
-    # Spawned or not by the time the refusal came (a race), it is not left to run its 30 s.
     assert not ended.exists() and took < 15
 
 

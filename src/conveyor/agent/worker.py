@@ -256,21 +256,21 @@ class AgentWorker:
 
     async def _accept_and_run(self, client: AgentClient, job_id: str) -> None:
         spec = self._pushed.pop(job_id, None)
-        eager = spec is not None and _fresh(spec)
-        if spec is None or not eager:
+        if spec is None or not _fresh(spec):
             try:
                 spec = await client.accept(job_id)
             except (httpx.TransportError, APIError) as exc:
                 log.warning("%s: could not accept job %s: %s", self.name, job_id, exc)
                 return
         job = client.job_client(spec)
-        if not eager:
-            try:
-                await job.start()
-            except (httpx.TransportError, APIError) as exc:
-                log.warning("%s: could not start job %s: %s", self.name, job_id, exc)
-                await self._finish(job, exit_status=-1, reason=p.SignalReason.PROCESS_RUN_ERROR)
-                return
+        # The start is confirmed before the command runs: a job canceled or given to another
+        # agent meanwhile is refused here, so its command never runs (nor runs twice).
+        try:
+            await job.start()
+        except (httpx.TransportError, APIError) as exc:
+            log.warning("%s: could not start job %s: %s", self.name, job_id, exc)
+            await self._finish(job, exit_status=-1, reason=p.SignalReason.PROCESS_RUN_ERROR)
+            return
         workdir = self.options.workdir or (self.options.build_path / self.name / spec.pipeline)
         run = JobRun(
             command=spec.command,
@@ -290,17 +290,11 @@ class AgentWorker:
             cancel_grace=self.options.cancel_grace,
         )
         tee = self._tee(spec) if self._tee is not None else None
-        # Eager: the command is spawned while the start call is on its way; the log waits for
-        # it, and a refused start stops the command at once.
-        started, spawned = anyio.Event(), anyio.Event()
-        if not eager:
-            started.set()
         runner = self._runner = JobRunner(
             run,
-            _JobSink(job, lambda: runner.cancel(p.SignalReason.CANCEL), started),
+            _JobSink(job, lambda: runner.cancel(p.SignalReason.CANCEL)),
             tee=tee,
-            on_spawned=spawned.set,
-            after_command=_ArtifactPaths(job, workdir, spec.artifact_paths, started)
+            after_command=_ArtifactPaths(job, workdir, spec.artifact_paths)
             if spec.artifact_paths
             else None,
         )
@@ -309,12 +303,8 @@ class AgentWorker:
         log.info("%s: running job %s (%s)", self.name, spec.id, spec.label)
         try:
             async with anyio.create_task_group() as watch:
-                if eager:
-                    watch.start_soon(self._start_alongside, job, runner, spawned, started)
                 watch.start_soon(self._watch_job, job, runner)
                 result = await runner.run()
-                spawned.set()  # not spawned after all (it could not start): start anyway
-                await started.wait()  # never finish before the start
                 watch.cancel_scope.cancel()
         except BaseException:
             # Stopped from outside (the agent is going down): the job still gets its last word.
@@ -331,21 +321,6 @@ class AgentWorker:
             chunks_failed_count=result.chunks_failed_count,
         )
         log.info("%s: job %s exited with %s", self.name, spec.id, result.exit_status)
-
-    async def _start_alongside(
-        self, job: JobClient, runner: JobRunner, spawned: anyio.Event, started: anyio.Event
-    ) -> None:
-        # Right after the spawn, not before: the request's own work would delay the command.
-        await spawned.wait()
-        try:
-            await job.start()
-        except (httpx.TransportError, APIError) as exc:
-            # Refused: the job was canceled or given to another agent meanwhile; or the
-            # server could not be told. Either way the command does not go on.
-            log.warning("%s: could not start job %s: %s", self.name, job.job_id, exc)
-            runner.cancel(p.SignalReason.PROCESS_RUN_ERROR)
-        finally:
-            started.set()
 
     async def _watch_job(self, job: JobClient, runner: JobRunner) -> None:
         """Poll the job's state (interval plus jitter): a job the server is canceling, or one
@@ -394,7 +369,7 @@ class AgentWorker:
 
 
 EAGER_WINDOW_S = 5.0
-"""A pushed job is started alongside its spawn only if it was assigned this recently (by the
+"""A pushed job is started from its spec only if it was assigned this recently (by the
 server's clock against ours): an older push may have been given to another agent since (after
 `reaper.ASSIGNMENT_TIMEOUT_S`), so it is accepted first."""
 
@@ -410,13 +385,11 @@ class _JobSink:
     """The job's log sink; a job call refused as gone (401/404) cancels the job, as the job
     is no longer this agent's to run (it was finished, reassigned or its build canceled)."""
 
-    def __init__(self, job: JobClient, on_gone: Callable[[], None], started: anyio.Event):
+    def __init__(self, job: JobClient, on_gone: Callable[[], None]):
         self._job = job
         self._on_gone = on_gone
-        self._started = started
 
     async def upload_chunk(self, sequence: int, offset: int, data: bytes) -> p.ChunkAck:
-        await self._started.wait()  # the server takes a job's log once it has started
         try:
             return await self._job.upload_chunk(sequence, offset, data)
         except JobGoneError:
@@ -428,15 +401,12 @@ class _ArtifactPaths:
     """Uploads the step's `artifact_paths` once the command has ended, reporting in the job's
     log; the runner fails a passed job when this fails."""
 
-    def __init__(self, job: JobClient, workdir: Path, globs: list[str], started: anyio.Event):
+    def __init__(self, job: JobClient, workdir: Path, globs: list[str]):
         self._job = job
         self._workdir = workdir
         self._globs = globs
-        self._started = started
 
     async def __call__(self, job_log: JobLog) -> bool:
-        await self._started.wait()  # a refused start would refuse the uploads too
-
         async def say(line: str) -> None:
             await job_log(f"conveyor: {line}\r\n".encode())
 

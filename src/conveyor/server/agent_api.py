@@ -221,10 +221,14 @@ async def accept(job_id: str, request: Request, token: AgentToken) -> p.JobSpec:
 
 
 @router.put("/jobs/{job_id}/start", status_code=204)
-async def start(job_id: str, body: p.StartRequest, request: Request, _: JobToken) -> None:
+async def start(job_id: str, body: p.StartRequest, request: Request, token: JobToken) -> None:
     ctx = context(request)
     async with ctx.store.transaction() as tx:
         job = await tx.get_job(job_id)
+        # The token was checked in a transaction of its own: the job may have been taken back
+        # and given to another agent since. Only the agent holding it may start it.
+        if token.agent_id is not None and job.agent_id != token.agent_id:
+            raise HTTPException(409, f"job {job_id} is no longer assigned to this agent")
         if job.state == "running":
             return  # a retry whose first answer was lost
         values: dict[str, Any] = {"started_at": body.started_at}
@@ -232,7 +236,9 @@ async def start(job_id: str, body: p.StartRequest, request: Request, _: JobToken
             # Pushed on the agent's stream with its token: started without an accept.
             values["accepted_at"] = utcnow()
         try:
-            await tx.require_transition(job_id, ["accepted", "assigned"], "running", **values)
+            await tx.require_transition(
+                job_id, ["accepted", "assigned"], "running", held_by=job.agent_id, **values
+            )
         except InvalidStateError as exc:
             raise HTTPException(409, str(exc)) from None
         await scheduler.advance_build(tx, job.build_id)

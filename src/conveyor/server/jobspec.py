@@ -28,7 +28,8 @@ async def job_spec(
     step = await tx.get_step(job.step_id)
     if revoke:
         await tx.revoke_job_tokens(job_id)
-    token = await tx.create_token("job", job_id=job_id)
+    # Bound to the agent too: only the agent the job is assigned to can start it with it.
+    token = await tx.create_token("job", job_id=job_id, agent_id=agent.id)
     return p.JobSpec(
         id=job.id,
         build_id=build.id,

@@ -79,25 +79,39 @@ class JobQueries(QueryBase):
         return job_row(r)
 
     async def transition_job(
-        self, job_id: str, from_states: Iterable[str], to_state: str, **values: Any
+        self,
+        job_id: str,
+        from_states: Iterable[str],
+        to_state: str,
+        *,
+        held_by: str | None = None,
+        **values: Any,
     ) -> bool:
-        """Move a job to `to_state` if it is in one of `from_states`. False if it was not."""
+        """Move a job to `to_state` if it is in one of `from_states` (and, with `held_by`,
+        assigned to that agent). False if it was not."""
         froms = list(from_states)
         target = JobState(to_state)
         if not all(can_transition(JobState(f), target) for f in froms):
             raise InvalidStateError(f"no job goes from {froms} to {to_state} (JOB_TRANSITIONS)")
+        where = [t.jobs.c.id == job_id, t.jobs.c.state.in_(froms)]
+        if held_by is not None:
+            where.append(t.jobs.c.agent_id == held_by)
         result = await self.conn.execute(
-            update(t.jobs)
-            .where(t.jobs.c.id == job_id, t.jobs.c.state.in_(froms))
-            .values(state=to_state, **values)
+            update(t.jobs).where(*where).values(state=to_state, **values)
         )
         return bool(result.rowcount)
 
     async def require_transition(
-        self, job_id: str, from_states: Iterable[str], to_state: str, **values: Any
+        self,
+        job_id: str,
+        from_states: Iterable[str],
+        to_state: str,
+        *,
+        held_by: str | None = None,
+        **values: Any,
     ) -> None:
         froms = list(from_states)
-        if not await self.transition_job(job_id, froms, to_state, **values):
+        if not await self.transition_job(job_id, froms, to_state, held_by=held_by, **values):
             job = await self.get_job(job_id)
             raise InvalidStateError(f"job {job_id} is {job.state}, not {' or '.join(froms)}")
 
@@ -116,6 +130,14 @@ class JobQueries(QueryBase):
             update(t.agents)
             .where(t.agents.c.current_job_id.in_(assigned.scalar_subquery()))
             .values(current_job_id=None)
+        )
+        # A job pushed with its token is `assigned`: that token must not start it now.
+        await self.conn.execute(
+            update(t.tokens)
+            .where(
+                t.tokens.c.job_id.in_(assigned.scalar_subquery()), t.tokens.c.revoked_at.is_(None)
+            )
+            .values(revoked_at=utcnow())
         )
         await self.conn.execute(
             update(t.jobs)

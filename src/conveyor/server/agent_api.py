@@ -241,7 +241,9 @@ async def start(job_id: str, body: p.StartRequest, request: Request, token: JobT
             )
         except InvalidStateError as exc:
             raise HTTPException(409, str(exc)) from None
-        await scheduler.advance_build(tx, job.build_id)
+        # A job starting changes no step (its step is already running): the build only goes
+        # from `scheduled` to `running`. One statement, not a walk of the whole build.
+        await tx.mark_build_started(job.build_id, utcnow())
     ctx.notifier.notify(f"build:{job.build_id}")
 
 

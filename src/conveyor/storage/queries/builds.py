@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select, update
@@ -319,6 +320,16 @@ class BuildQueries(QueryBase):
             raise InvalidStateError(
                 f"build #{current.number} cannot go from {current.state} to {state}"
             )
+
+    async def mark_build_started(self, build_id: str, at: datetime) -> bool:
+        """A job of the build started: a `scheduled` build is `running` from now. True if it
+        was scheduled."""
+        result = await self.conn.execute(
+            update(t.builds)
+            .where(t.builds.c.id == build_id, t.builds.c.state == BuildState.SCHEDULED.value)
+            .values(state=BuildState.RUNNING.value, started_at=at)
+        )
+        return bool(result.rowcount)
 
     async def set_step_state(self, step_id: str, state: str) -> None:
         await self.conn.execute(update(t.steps).where(t.steps.c.id == step_id).values(state=state))

@@ -81,15 +81,11 @@ class JobRunner:
         *,
         tee: OutputTee | None = None,
         after_command: AfterCommand | None = None,
-        on_spawned: Callable[[], None] | None = None,
     ) -> None:
-        """`on_spawned` is called once the command's process exists (not at all if it could
-        not be started)."""
         self.run_spec = run
         self._sink = sink
         self._tee = tee
         self._after_command = after_command
-        self._on_spawned = on_spawned
         self._scope = anyio.CancelScope()
         self._cancel_reason: SignalReason | None = None
         self.redactor = Redactor()
@@ -139,7 +135,6 @@ class JobRunner:
                             use_pty=spec.use_pty,
                             cancel_signal=spec.cancel_signal,
                             cancel_grace=spec.cancel_grace,
-                            on_spawned=self._on_spawned,
                         )
                         status, sig = exit_.status, exit_.signal
                     except OSError as exc:

@@ -126,10 +126,8 @@ async def run_process(
     use_pty: bool = True,
     cancel_signal: int = signal.SIGTERM,
     cancel_grace: float = 10.0,
-    on_spawned: Callable[[], None] | None = None,
 ) -> ProcessExit:
-    """Run `argv` to its end. If cancelled, stop its process group first, then re-raise.
-    `on_spawned` is called once the process exists."""
+    """Run `argv` to its end. If cancelled, stop its process group first, then re-raise."""
     job_id = env.get(JOB_MARKER)
     marker = f"{JOB_MARKER}={job_id}".encode() if job_id else None
     read_fd, write_fd = _open_terminal(use_pty)
@@ -150,8 +148,6 @@ async def run_process(
                 os.close(stdin)
             # Only the child may hold the write end, or the end of output is never seen.
             os.close(write_fd)
-        if on_spawned is not None:
-            on_spawned()
         reader = _Pump(read_fd, on_output)
         # Shielded: output written while the command is being stopped (trap handlers, cleanup)
         # still reaches the log; after a stop the reader gets a deadline of its own.

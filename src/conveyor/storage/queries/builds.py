@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import datetime
 from typing import Any
 
@@ -234,7 +235,8 @@ class BuildQueries(QueryBase):
             )
         return await self.get_pipeline(slug)
 
-    async def _build(self, where: Any) -> BuildRow:
+    async def _build_alone(self, where: Any) -> BuildRow:
+        """The build's own row (with its pipeline's slug), without steps and jobs."""
         r = (
             await self.conn.execute(
                 select(*_BUILD_COLUMNS)
@@ -244,18 +246,22 @@ class BuildQueries(QueryBase):
         ).first()
         if r is None:
             raise NotFoundError("no such build")
+        return _build_row(r)
+
+    async def _build(self, where: Any) -> BuildRow:
+        build = await self._build_alone(where)
         jobs = await self.conn.execute(
-            select(t.jobs).where(t.jobs.c.build_id == r.id).order_by(t.jobs.c.created_at)
+            select(t.jobs).where(t.jobs.c.build_id == build.id).order_by(t.jobs.c.created_at)
         )
         steps = await self.conn.execute(
-            select(t.steps).where(t.steps.c.build_id == r.id).order_by(t.steps.c.position)
+            select(t.steps).where(t.steps.c.build_id == build.id).order_by(t.steps.c.position)
         )
         step_list = [step_row(s) for s in steps]
         position = {s.id: s.position for s in step_list}
         job_list = sorted(
             (job_row(j) for j in jobs), key=lambda j: (position[j.step_id], j.attempt)
         )
-        return _build_row(r, jobs=job_list, steps=step_list)
+        return dataclasses.replace(build, jobs=job_list, steps=step_list)
 
     async def get_build(self, build_id: str) -> BuildRow:
         return await self._build(t.builds.c.id == build_id)
@@ -263,16 +269,7 @@ class BuildQueries(QueryBase):
     async def get_build_alone(self, build_id: str) -> BuildRow:
         """The build without its steps and jobs (empty lists): one small query, for callers
         that need only the build's own fields."""
-        r = (
-            await self.conn.execute(
-                select(*_BUILD_COLUMNS)
-                .select_from(t.builds.join(t.pipelines, t.builds.c.pipeline_id == t.pipelines.c.id))
-                .where(t.builds.c.id == build_id)
-            )
-        ).first()
-        if r is None:
-            raise NotFoundError("no such build")
-        return _build_row(r)
+        return await self._build_alone(t.builds.c.id == build_id)
 
     async def get_build_by_number(self, pipeline_slug: str, number: int) -> BuildRow:
         try:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import re
 import shlex
+import signal
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -84,6 +85,11 @@ class AgentSettings(BaseModel):
     disconnect_after_uptime: int = Field(default=0, ge=0)
     acquire_job: str | None = None
     hooks_path: ExpandedPath | None = None
+    plugins_path: ExpandedPath = Path("~/.conveyor/plugins")
+    no_plugins: bool = False
+    allowed_plugins: str | None = None
+    no_local_hooks: bool = False
+    cancel_signal: str = "SIGTERM"
     shutdown_hook: ExpandedPath | None = None
     health_check_addr: str | None = None
     # Machine-scope locks (`conveyor lock`); None: $TMPDIR/conveyor-locks-<uid>.
@@ -95,6 +101,24 @@ class AgentSettings(BaseModel):
         if value is not None:
             parse_listen(value)
         return value
+
+    @field_validator("allowed_plugins")
+    @classmethod
+    def _allowed_plugins(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"is not a regular expression: {exc} (got {value!r})") from None
+        return value
+
+    @field_validator("cancel_signal")
+    @classmethod
+    def _cancel_signal(cls, value: str) -> str:
+        name = value.upper() if value.upper().startswith("SIG") else "SIG" + value.upper()
+        if name not in signal.Signals.__members__:
+            raise ValueError(f"must be a signal name such as SIGTERM or SIGINT (got {value!r})")
+        return name
 
     @field_validator("ping_interval")
     @classmethod

@@ -8,8 +8,10 @@
     │   └── ConflictError          a write contradicts what is stored (e.g. a chunk at an offset)
     ├── AuthError                  a token is missing, unknown or revoked
     ├── InvalidStateError          a state transition the protocol does not allow
-    └── APIError                   the server answered a client call with an error status
-        └── JobGoneError           401/404 on a job call: the job is finished, reassigned or gone
+    ├── APIError                   the server answered a client call with an error status
+    │   └── JobGoneError           401/404 on a job call: the job is finished, reassigned or gone
+    └── JobSetupError              a job cannot be set up to run (a plugin cannot be fetched or
+                                   is not allowed, a hook cannot be run): the job fails with it
 
 `is_retryable(exc)` is the single retry classifier: network errors, 429 and 5xx are worth
 retrying; every other 4xx is final.
@@ -17,7 +19,11 @@ retrying; every other 4xx is final.
 
 from __future__ import annotations
 
-import httpx
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    # Imported where used: the job executor starts once per job and needs no HTTP to do so.
+    import httpx
 
 
 class ConveyorError(Exception):
@@ -92,8 +98,14 @@ class JobGoneError(APIError):
     """The job's token was refused or the job no longer exists: stop working on it."""
 
 
+class JobSetupError(ConveyorError):
+    """A job cannot be set up to run; the message says why, in the job's log."""
+
+
 def is_retryable(exc: BaseException) -> bool:
     """True for failures worth another try: network errors, 429 and 5xx."""
+    import httpx
+
     if isinstance(exc, httpx.TransportError):
         return True
     if isinstance(exc, APIError):

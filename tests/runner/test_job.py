@@ -11,7 +11,7 @@ import anyio
 import pytest
 
 from conveyor.protocol import SignalReason
-from conveyor.runner import JobResult, JobRun, JobRunner
+from conveyor.runner.job import JobResult, JobRun, JobRunner
 from tests.runner.support import (
     Changes,
     FailingSink,

@@ -6,6 +6,7 @@ import logging
 import os
 import platform
 import random
+import signal
 import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -16,19 +17,20 @@ import anyio
 import httpx
 from anyio.abc import TaskStatus
 
-from conveyor import __version__, artifacts
+from conveyor import __version__
 from conveyor import protocol as p
 from conveyor.agent.actions import ActionLoop
 from conveyor.agent.baton import Baton
 from conveyor.agent.debouncer import Debouncer
+from conveyor.agent.executor import executor_argv, executor_env
 from conveyor.agent.heartbeat import HeartbeatLoop
 from conveyor.agent.jobenv import job_process_env
 from conveyor.agent.ping import PingLoop
 from conveyor.agent.stream import StreamHealth, StreamLoop
 from conveyor.client import AgentClient, JobClient
-from conveyor.errors import APIError, ConveyorError, JobGoneError
+from conveyor.errors import APIError, JobGoneError
 from conveyor.protocol import PingMode
-from conveyor.runner import JobLog, JobRun, JobRunner, OutputTee
+from conveyor.runner.job import JobRun, JobRunner, OutputTee
 
 log = logging.getLogger("conveyor.agent")
 
@@ -57,6 +59,12 @@ class WorkerOptions:
     acquire_job: str | None = None
     # `conveyor run` runs jobs in the working tree itself instead of a checkout.
     workdir: Path | None = None
+    hooks_path: Path | None = None
+    plugins_path: Path = field(default_factory=lambda: Path("~/.conveyor/plugins").expanduser())
+    plugins_enabled: bool = True
+    allowed_plugins: str = ""
+    local_hooks_enabled: bool = True
+    cancel_signal: int = signal.SIGTERM
 
 
 def worker_name(template: str, index: int) -> str:
@@ -271,32 +279,32 @@ class AgentWorker:
             log.warning("%s: could not start job %s: %s", self.name, job_id, exc)
             await self._finish(job, exit_status=-1, reason=p.SignalReason.PROCESS_RUN_ERROR)
             return
-        workdir = self.options.workdir or (self.options.build_path / self.name / spec.pipeline)
+        opts = self.options
+        workdir = opts.workdir or (opts.build_path / self.name / spec.pipeline)
+        env = job_process_env(
+            spec.env,
+            agent_name=self.name,
+            checkout_path=workdir,
+            endpoint=opts.endpoint,
+            job_token=spec.token,
+            use_pty=opts.use_pty,
+        )
+        env.update(executor_env(opts))
         run = JobRun(
             command=spec.command,
-            env=job_process_env(
-                spec.env,
-                agent_name=self.name,
-                checkout_path=workdir,
-                endpoint=self.options.endpoint,
-                job_token=spec.token,
-                use_pty=self.options.use_pty,
-            ),
+            env=env,
             cwd=workdir,
-            shell=self.options.shell,
-            use_pty=self.options.use_pty,
+            shell=opts.shell,
+            use_pty=opts.use_pty,
             chunk_max_size=spec.chunks_max_size_bytes,
             chunk_interval=spec.chunks_interval_seconds,
-            cancel_grace=self.options.cancel_grace,
+            cancel_grace=opts.cancel_grace,
+            cancel_signal=opts.cancel_signal,
+            argv=await executor_argv(opts, env, workdir),
         )
         tee = self._tee(spec) if self._tee is not None else None
         runner = self._runner = JobRunner(
-            run,
-            _JobSink(job, lambda: runner.cancel(p.SignalReason.CANCEL)),
-            tee=tee,
-            after_command=_ArtifactPaths(job, workdir, spec.artifact_paths)
-            if spec.artifact_paths
-            else None,
+            run, _JobSink(job, lambda: runner.cancel(p.SignalReason.CANCEL)), tee=tee
         )
         if self._pending_cancel is not None:
             runner.cancel(self._pending_cancel)
@@ -395,30 +403,3 @@ class _JobSink:
         except JobGoneError:
             self._on_gone()
             raise
-
-
-class _ArtifactPaths:
-    """Uploads the step's `artifact_paths` once the command has ended, reporting in the job's
-    log; the runner fails a passed job when this fails."""
-
-    def __init__(self, job: JobClient, workdir: Path, globs: list[str]):
-        self._job = job
-        self._workdir = workdir
-        self._globs = globs
-
-    async def __call__(self, job_log: JobLog) -> bool:
-        async def say(line: str) -> None:
-            await job_log(f"conveyor: {line}\r\n".encode())
-
-        await job_log(b"~~~ Uploading artifacts\r\n")
-        try:
-            await artifacts.upload(self._job, self._workdir, self._globs, say)
-        except ConveyorError as exc:
-            await say(f"error: {exc}")
-            return False
-        except Exception as exc:
-            # Whatever went wrong fails this job, never the agent that runs it.
-            log.exception("uploading the artifacts of job %s failed", self._job.job_id)
-            await say(f"error: uploading artifacts failed: {type(exc).__name__}: {exc}")
-            return False
-        return True

@@ -71,7 +71,33 @@ def agent() -> None:
 @click.option(
     "--hooks-path",
     type=click.Path(path_type=Path, file_okay=False),
-    help="Directory of agent hooks (agent-startup, agent-shutdown).",
+    help="Directory of agent hooks: agent-startup and agent-shutdown, and the job hooks "
+    "(environment, pre-checkout, checkout, post-checkout, pre-command, command, post-command, "
+    "pre-artifact, post-artifact, pre-exit) that every job runs.",
+)
+@click.option(
+    "--plugins-path",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Where plugins are fetched to.  [default: ~/.conveyor/plugins]",
+)
+@click.option(
+    "--no-plugins", is_flag=True, default=None, help="Refuse jobs whose steps use plugins."
+)
+@click.option(
+    "--allowed-plugins",
+    help="Regular expression a plugin's source must match to run (searched, not anchored); "
+    "other plugins fail the job.  [default: any]",
+)
+@click.option(
+    "--no-local-hooks",
+    is_flag=True,
+    default=None,
+    help="Fail jobs whose repository has hooks (.conveyor/hooks, .buildkite/hooks).",
+)
+@click.option(
+    "--cancel-signal",
+    help="Signal a canceled job's process group gets first (SIGKILL follows after the grace "
+    "period).  [default: SIGTERM]",
 )
 @click.option(
     "--shutdown-hook",
@@ -136,6 +162,12 @@ async def _start(cfg: AgentSettings) -> None:
             cancel_grace=cfg.cancel_grace_period,
             disconnect_after_job=cfg.disconnect_after_job,
             acquire_job=cfg.acquire_job,
+            hooks_path=cfg.hooks_path,
+            plugins_path=cfg.plugins_path,
+            plugins_enabled=not cfg.no_plugins,
+            allowed_plugins=cfg.allowed_plugins or "",
+            local_hooks_enabled=not cfg.no_local_hooks,
+            cancel_signal=signal.Signals[cfg.cancel_signal],
         ),
         spawn=1 if cfg.acquire_job else cfg.spawn,
         lifecycle=Lifecycle(

@@ -9,6 +9,7 @@ from conveyor.cli import (
     agent,
     annotate,
     artifact,
+    bootstrap,
     build,
     job,
     lock,
@@ -35,6 +36,7 @@ def cli() -> None:
     Unblock a step, retry a job:           conveyor build unblock, job retry
     Add steps from inside a job:           conveyor pipeline upload [FILE]
     Share data from inside a job:          conveyor meta-data, annotate, artifact, step, lock
+    Run one job here, hooks and all:       conveyor bootstrap --job job.json
 
     Every flag can also be set as CONVEYOR_<FLAG> in the environment (e.g. CONVEYOR_SPAWN=4)
     or in a YAML file given with --config; flags win over the environment, which wins over
@@ -54,6 +56,7 @@ cli.add_command(annotate.annotate)
 cli.add_command(annotate.annotation)
 cli.add_command(step.step)
 cli.add_command(lock.lock)
+cli.add_command(bootstrap.bootstrap)
 
 
 def main() -> None:

@@ -1,21 +1,6 @@
-"""Running one job: the process (PTY, process group, signals) and the log path to a sink.
+"""Running one job: the process (PTY, process group, signals), the log path to a sink, the
+redactor, and the job executor (`bootstrap`: hooks, plugins, checkout, command).
 
 The runner is handed a `LogSink`; it never talks to a server itself, so it is tested without one.
+Import from the modules: the executor starts once per job, and imports only what it uses.
 """
-
-from conveyor.runner.job import AfterCommand, JobLog, JobResult, JobRun, JobRunner, OutputTee
-from conveyor.runner.logstream import LogSink, LogStreamer
-from conveyor.runner.process import ProcessExit, run_process
-
-__all__ = [
-    "AfterCommand",
-    "JobLog",
-    "JobResult",
-    "JobRun",
-    "JobRunner",
-    "LogSink",
-    "LogStreamer",
-    "OutputTee",
-    "ProcessExit",
-    "run_process",
-]

@@ -6,7 +6,6 @@ import contextlib
 import logging
 import shlex
 import signal
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -33,18 +32,6 @@ class OutputTee(Protocol):
     def close(self) -> None: ...
 
 
-JobLog = Callable[[bytes], Awaitable[None]]
-"""Writes to the job's log (and to its tee), as the command's output is written."""
-
-
-class AfterCommand(Protocol):
-    """Work the agent does once the command has ended and before the job finishes (uploading
-    the step's artifacts): it reports into the job's log, and returns False when it failed.
-    It is not done for a job that was canceled."""
-
-    async def __call__(self, job_log: JobLog) -> bool: ...
-
-
 @dataclass(frozen=True)
 class JobRun:
     """What to run and how."""
@@ -60,6 +47,9 @@ class JobRun:
     cancel_grace: float = 10.0
     redacted_vars: tuple[str, ...] = DEFAULT_REDACTED_VARS
     """Names (globs) of the variables of `env` whose values never reach the log."""
+    argv: tuple[str, ...] = ()
+    """The job executor's command line, which runs hooks and then the command (read from
+    `env`); empty: the command is run directly by `shell`."""
 
 
 @dataclass(frozen=True)
@@ -80,12 +70,10 @@ class JobRunner:
         sink: LogSink,
         *,
         tee: OutputTee | None = None,
-        after_command: AfterCommand | None = None,
     ) -> None:
         self.run_spec = run
         self._sink = sink
         self._tee = tee
-        self._after_command = after_command
         self._scope = anyio.CancelScope()
         self._cancel_reason: SignalReason | None = None
         self.redactor = Redactor()
@@ -126,7 +114,7 @@ class JobRunner:
                 with self._scope:
                     try:
                         await anyio.Path(spec.cwd).mkdir(parents=True, exist_ok=True)
-                        argv = [*shlex.split(spec.shell), spec.command]
+                        argv = list(spec.argv) or [*shlex.split(spec.shell), spec.command]
                         exit_ = await run_process(
                             argv,
                             env=spec.env,
@@ -142,11 +130,6 @@ class JobRunner:
                         # in the log, where the user will look first.
                         await output(f"conveyor: could not start the job: {exc}\r\n".encode())
                         reason = SignalReason.PROCESS_RUN_ERROR
-                    # Inside the job's cancel scope: a cancel stops this work too.
-                    if self._after_command is not None and not await self._after_command(output):
-                        # A job whose command passed fails when what follows it failed; a
-                        # failed command keeps its own exit status.
-                        status = 1 if status == 0 else status
             finally:
                 if rest := self.redactor.flush():
                     await emit(rest)

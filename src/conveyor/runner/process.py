@@ -8,7 +8,8 @@ A process can leave the group (setsid) and its parent can exit (a double-forked 
 cancelling also kills, by /proc, every process below the command and every process that still
 carries the job's id in its environment (`JOB_MARKER`, which the agent sets for every job):
 that finds a daemon re-parented to init too. A process that both left and rewrote its
-environment is out of reach; a child subreaper or cgroup per job would close that gap.
+environment is out of reach here; the job executor (`bootstrap`) closes that gap: it is a child
+subreaper, so such a process is re-parented to it and stays below the command's session leader.
 
 Output ends when every holder of the terminal has closed it (EIO on the PTY, EOF on a pipe).
 A process that outlives the command and keeps the terminal open would hold the job forever,
@@ -179,7 +180,7 @@ async def run_process(
     return ProcessExit(status=returncode)
 
 
-def _descendants(roots: set[int], marker: bytes | None = None) -> set[int]:
+def descendants(roots: set[int], marker: bytes | None = None) -> set[int]:
     """Every live process below `roots` (by parent pid), whatever its session or group, and
     (with `marker`, a `NAME=value` entry) every process whose environment holds it, with the
     processes below those.
@@ -198,7 +199,10 @@ def _descendants(roots: set[int], marker: bytes | None = None) -> set[int]:
             stat = Path(f"/proc/{pid}/stat").read_text()
         except OSError:
             continue  # gone meanwhile
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        state, ppid_text = stat.rsplit(")", 1)[1].split()[:2]
+        if state == "Z":
+            continue  # exited, waiting to be collected: nothing left to stop
+        ppid = int(ppid_text)
         children.setdefault(ppid, []).append(pid)
         if marker is not None and pid != me:
             try:
@@ -222,14 +226,14 @@ async def _stop(
 ) -> None:
     """The cancel signal to the whole group; SIGKILL to the group once the grace is over, and
     to every other process of the job (see the module's docstring)."""
-    tree = await anyio.to_thread.run_sync(_descendants, {process.pid})
+    tree = await anyio.to_thread.run_sync(descendants, {process.pid})
     if process.returncode is None:
         _kill_group(process.pid, cancel_signal)
         with anyio.move_on_after(grace):
             await process.wait()
     # Whatever of the group is still there (the command's children too) does not get to stay.
     _kill_group(process.pid, signal.SIGKILL)
-    tree |= await anyio.to_thread.run_sync(_descendants, tree | {process.pid}, marker)
+    tree |= await anyio.to_thread.run_sync(descendants, tree | {process.pid}, marker)
     for pid in tree:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)

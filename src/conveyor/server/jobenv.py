@@ -6,6 +6,8 @@ values they expect. The agent adds its own facts (agent name, build path, job to
 
 from __future__ import annotations
 
+import json
+
 from conveyor.storage.rows import AgentRow, BuildRow, JobRow, StepRow
 
 # CONVEYOR_X → BUILDKITE_X for every fact both names describe.
@@ -25,6 +27,9 @@ _ALIASES = {
     "CONVEYOR_SOURCE": "BUILDKITE_SOURCE",
     "CONVEYOR_RETRY_COUNT": "BUILDKITE_RETRY_COUNT",
     "CONVEYOR_AGENT_ID": "BUILDKITE_AGENT_ID",
+    "CONVEYOR_REPO": "BUILDKITE_REPO",
+    "CONVEYOR_PLUGINS": "BUILDKITE_PLUGINS",
+    "CONVEYOR_ARTIFACT_PATHS": "BUILDKITE_ARTIFACT_PATHS",
 }
 
 _MAX_MESSAGE = 64 * 1024
@@ -33,6 +38,7 @@ _MAX_MESSAGE = 64 * 1024
 def job_env(
     build: BuildRow, step: StepRow, job: JobRow, agent: AgentRow, *, endpoint: str
 ) -> dict[str, str]:
+    config = step.config
     facts = {
         "CI": "true",
         "CONVEYOR": "true",
@@ -52,6 +58,10 @@ def job_env(
         "CONVEYOR_SOURCE": build.source,
         "CONVEYOR_RETRY_COUNT": str(job.attempt - 1),
         "CONVEYOR_AGENT_ID": agent.id,
+        "CONVEYOR_REPO": build.repository,
+        # What the job executor runs: as Buildkite's executor reads them.
+        "CONVEYOR_PLUGINS": json.dumps(config.get("plugins") or [], separators=(",", ":")),
+        "CONVEYOR_ARTIFACT_PATHS": ";".join(str(g) for g in config.get("artifact_paths") or []),
     }
     for name, alias in _ALIASES.items():
         facts[alias] = facts[name]

@@ -111,6 +111,8 @@ class BuildRow:
     finished_at: datetime | None
     meta_data: dict[str, str] = field(default_factory=dict)
     parent_step_id: str | None = None
+    repository: str = ""
+    """The pipeline's repository, which jobs check out ("" for none)."""
     jobs: list[JobRow] = field(default_factory=list)
     steps: list[StepRow] = field(default_factory=list)
 

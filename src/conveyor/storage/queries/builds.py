@@ -45,7 +45,11 @@ def _pipeline_row(r: Any) -> PipelineRow:
     )
 
 
-_BUILD_COLUMNS = [*t.builds.c, t.pipelines.c.slug.label("pipeline_slug")]
+_BUILD_COLUMNS = [
+    *t.builds.c,
+    t.pipelines.c.slug.label("pipeline_slug"),
+    t.pipelines.c.repository.label("pipeline_repository"),
+]
 
 
 class BuildQueries(QueryBase):
@@ -349,5 +353,6 @@ def _build_row(r: Any, **extra: Any) -> BuildRow:
         finished_at=r.finished_at,
         meta_data=dict(r.meta_data or {}),
         parent_step_id=r.parent_step_id,
+        repository=r.pipeline_repository or "",
         **extra,
     )

@@ -1,0 +1,391 @@
+"""The job executor (`conveyor bootstrap`): the process the agent starts for each job, in the
+job's terminal and session. It runs the job's phases, each a hook or built-in work:
+
+    environment → plugins fetched → pre-checkout → checkout → post-checkout → pre-command →
+    command → post-command → pre-artifact → artifact upload → post-artifact → pre-exit
+
+Hooks come from the agent's hooks directories, the repository (once checked out) and the
+plugins; see `hooks`. `post-*` and `pre-exit` hooks run in the reverse order (plugins, then
+repository, then agent), as the matching `pre-*` hooks' cleanup. A failure before the command
+skips to `pre-exit`, which always runs, also after a cancel (a signal to the process group,
+which the running child gets too).
+
+What to run comes from the environment the agent gives (`Settings.from_env`), so the executor
+needs no server to start. It is a child subreaper: a process the job starts that double-forks
+away from its parent is re-parented here, not to init, so at the end — and on a cancel, when the
+agent kills this process's descendants — every process the job started is found and stopped.
+
+Exit status: the command's, else the first failing hook's or built-in step's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import re
+import shlex
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import anyio
+import anyio.to_thread
+
+from conveyor.errors import JobSetupError
+from conveyor.runner import checkout, hooks, plugins
+from conveyor.runner.children import run_child
+from conveyor.runner.hooks import Hook
+from conveyor.runner.plugins import PluginRef
+from conveyor.runner.process import descendants
+
+_PR_SET_CHILD_SUBREAPER = 36
+# Leftovers get this long between SIGTERM and SIGKILL once the job is over.
+LEFTOVER_GRACE_S = 2.0
+
+
+def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
+    value = env.get(name)
+    return default if value is None else value.lower() in ("1", "true", "yes", "on")
+
+
+@dataclass(frozen=True)
+class Settings:
+    command: str
+    shell: str = "/bin/bash -e -c"
+    checkout_path: Path = field(default_factory=Path.cwd)
+    hooks_paths: tuple[Path, ...] = ()
+    plugins_path: Path = Path("~/.conveyor/plugins")
+    plugins: tuple[PluginRef, ...] = ()
+    plugins_enabled: bool = True
+    allowed_plugins: str = ""
+    local_hooks_enabled: bool = True
+    repository: str = ""
+    commit: str = "HEAD"
+    branch: str = ""
+    artifact_paths: tuple[str, ...] = ()
+
+    @staticmethod
+    def from_env(env: Mapping[str, str]) -> Settings:
+        """The job as the agent described it in the executor's environment; a bad value is a
+        `JobSetupError` naming the variable."""
+        try:
+            found = plugins.parse_plugins(env.get("CONVEYOR_PLUGINS", ""))
+        except (ValueError, TypeError) as exc:
+            raise JobSetupError(f"CONVEYOR_PLUGINS is not a list of plugins: {exc}") from None
+        split = os.pathsep
+        return Settings(
+            command=env.get("CONVEYOR_COMMAND", ""),
+            shell=env.get("CONVEYOR_SHELL") or Settings.shell,
+            checkout_path=Path(env.get("CONVEYOR_BUILD_CHECKOUT_PATH") or Path.cwd()),
+            hooks_paths=tuple(
+                Path(p) for p in env.get("CONVEYOR_HOOKS_PATH", "").split(split) if p
+            ),
+            plugins_path=Path(
+                env.get("CONVEYOR_PLUGINS_PATH") or Settings.plugins_path
+            ).expanduser(),
+            plugins=tuple(found),
+            plugins_enabled=_flag(env, "CONVEYOR_PLUGINS_ENABLED", True),
+            allowed_plugins=env.get("CONVEYOR_ALLOWED_PLUGINS", ""),
+            local_hooks_enabled=_flag(env, "CONVEYOR_LOCAL_HOOKS_ENABLED", True),
+            repository=env.get("CONVEYOR_REPO", ""),
+            commit=env.get("CONVEYOR_COMMIT") or "HEAD",
+            branch=env.get("CONVEYOR_BRANCH", ""),
+            artifact_paths=tuple(
+                p for p in env.get("CONVEYOR_ARTIFACT_PATHS", "").split(";") if p.strip()
+            ),
+        )
+
+
+async def say(text: str) -> None:
+    """A line of the executor's own in the job's log."""
+    # The terminal is the agent's to read, which it always does: a short write does not wait.
+    os.write(sys.stdout.fileno(), f"{text}\n".encode())
+
+
+async def note(text: str) -> None:
+    await say(f"conveyor: {text}")
+
+
+class Executor:
+    def __init__(self, settings: Settings, env: Mapping[str, str]):
+        self.settings = settings
+        self.env = dict(env)
+        self.cwd = settings.checkout_path
+        self.plugin_dirs: list[tuple[PluginRef, Path]] = []
+        self.checked_out = False
+        self.cancelled = False
+        self.status = 0
+
+    # --- hook lookup -----------------------------------------------------------------------
+
+    def _agent_hooks(self, phase: str) -> list[Hook]:
+        found = (hooks.find(d, phase, "agent") for d in self.settings.hooks_paths)
+        return [h for h in found if h is not None]
+
+    def _repository_hooks(self, phase: str) -> list[Hook]:
+        if not self.checked_out:
+            return []
+        dirs = hooks.repository_hook_dirs(self.settings.checkout_path)
+        if dirs and not self.settings.local_hooks_enabled:
+            names = ", ".join(str(d) for d in dirs)
+            raise JobSetupError(f"the repository has hooks ({names}) but local hooks are off")
+        found = (hooks.find(d, phase, "repository") for d in dirs)
+        return [h for h in found if h is not None][:1]
+
+    def _plugin_hooks(self, phase: str) -> list[Hook]:
+        found = (
+            hooks.find(path / "hooks", phase, f"plugin {plugin.name}")
+            for plugin, path in self.plugin_dirs
+        )
+        return [h for h in found if h is not None]
+
+    def forward(self, phase: str) -> list[Hook]:
+        return [
+            *self._agent_hooks(phase),
+            *self._repository_hooks(phase),
+            *self._plugin_hooks(phase),
+        ]
+
+    def reverse(self, phase: str) -> list[Hook]:
+        return [
+            *reversed(self._plugin_hooks(phase)),
+            *self._repository_hooks(phase),
+            *self._agent_hooks(phase),
+        ]
+
+    # --- running ---------------------------------------------------------------------------
+
+    async def run_hooks(self, found: list[Hook]) -> int:
+        """Run each hook in turn; the first failure ends the phase with its status."""
+        for hook in found:
+            await say(f"~~~ Running {hook.describe()}")
+            try:
+                result = await hooks.run_hook(
+                    hook, shell=self.settings.shell, env=self.env, cwd=self.cwd
+                )
+            except OSError as exc:
+                await note(f"error: {hook.describe()} could not be run: {exc}")
+                return 1
+            for name in result.dropped:
+                await note(f"warning: {hook.describe()} may not change ${name}: change ignored")
+            if result.status != 0:
+                await note(f"error: {hook.describe()} exited with status {result.status}")
+                return result.status
+            self.env, self.cwd = result.env, result.cwd
+        return 0
+
+    async def phase(self, name: str, *, reverse: bool = False) -> int:
+        return await self.run_hooks(self.reverse(name) if reverse else self.forward(name))
+
+    async def setup_plugins(self) -> None:
+        wanted = self.settings.plugins
+        if not wanted:
+            return
+        if not self.settings.plugins_enabled:
+            raise JobSetupError("this step uses plugins, but plugins are off on this agent")
+        pattern = self.settings.allowed_plugins
+        for plugin in wanted:
+            if pattern and not re.search(pattern, plugin.source):
+                raise JobSetupError(
+                    f"plugin {plugin.source} is not allowed on this agent (allowed: {pattern!r})"
+                )
+        await say("~~~ Setting up plugins")
+        for plugin in wanted:
+            path = await plugins.fetch(plugin, self.settings.plugins_path, env=self.env, say=note)
+            self.plugin_dirs.append((plugin, path))
+            self.env.update(plugin.env)
+
+    async def do_checkout(self) -> int:
+        plugin_checkout = self._plugin_hooks("checkout")[:1]
+        hook = plugin_checkout or self._agent_hooks("checkout")[:1]
+        if hook:
+            status = await self.run_hooks(hook)
+        elif self.settings.repository:
+            await say(f"~~~ Checking out {self.settings.repository}")
+            source = checkout.Source(
+                self.settings.repository, self.settings.commit, self.settings.branch
+            )
+            status = await checkout.checkout(
+                source, self.settings.checkout_path, env=self.env, say=note
+            )
+        else:
+            # No repository (`conveyor run`, a build without one): the directory as it is.
+            await anyio.Path(self.settings.checkout_path).mkdir(parents=True, exist_ok=True)
+            status = 0
+        if status == 0:
+            self.checked_out = True
+            self.cwd = self.settings.checkout_path
+        else:
+            # A failed checkout removed the directory; `pre-exit` still runs there.
+            await anyio.Path(self.settings.checkout_path).mkdir(parents=True, exist_ok=True)
+        return status
+
+    async def do_command(self) -> int:
+        command_hooks = (
+            self._plugin_hooks("command")[:1]
+            or (self._repository_hooks("command") or self._agent_hooks("command"))[:1]
+        )
+        if command_hooks:
+            return await self.run_hooks(command_hooks)
+        if not self.settings.command.strip():
+            await note("error: the step has no command and no command hook")
+            return 1
+        await say("~~~ Running commands")
+        argv = [*shlex.split(self.settings.shell), self.settings.command]
+        return await run_child(argv, env=self.env, cwd=self.cwd)
+
+    async def upload_artifacts(self) -> int:
+        await say("~~~ Uploading artifacts")
+        # The job's own `conveyor artifact upload`, with the job's token: the executor itself
+        # speaks no HTTP.
+        argv = [
+            sys.executable,
+            "-m",
+            "conveyor",
+            "artifact",
+            "upload",
+            *self.settings.artifact_paths,
+        ]
+        status = await run_child(argv, env=self.env, cwd=self.cwd)
+        if status != 0:
+            await note(f"error: uploading artifacts failed with status {status}")
+        return status
+
+    def _fail(self, status: int) -> None:
+        if self.status == 0 and status != 0:
+            self.status = status
+
+    async def run(self) -> int:
+        try:
+            await self._run_phases()
+        except JobSetupError as exc:
+            await note(f"error: {exc}")
+            self._fail(1)
+        try:
+            self._fail(await self.phase("pre-exit", reverse=True))
+        except JobSetupError as exc:
+            await note(f"error: {exc}")
+            self._fail(1)
+        return self.status
+
+    async def _run_phases(self) -> None:
+        steps: list[Callable[[], Awaitable[int]]] = [
+            lambda: self.phase("environment"),
+            self._plugins_then_environment,
+            lambda: self.phase("pre-checkout"),
+            self.do_checkout,
+            lambda: self.phase("post-checkout", reverse=True),
+            lambda: self.phase("pre-command"),
+        ]
+        for step in steps:
+            if self.cancelled:
+                return
+            status = await step()
+            if status != 0:
+                self._fail(status)
+                return
+        if self.cancelled:
+            return
+        self.status = await self.do_command()
+        if self.cancelled:
+            return
+        self._fail(await self.phase("post-command", reverse=True))
+        if self.settings.artifact_paths and not self.cancelled:
+            self._fail(await self.phase("pre-artifact"))
+            self._fail(await self.upload_artifacts())
+            self._fail(await self.phase("post-artifact"))
+
+    async def _plugins_then_environment(self) -> int:
+        await self.setup_plugins()
+        return await self.run_hooks(self._plugin_hooks("environment"))
+
+    def cancel(self) -> None:
+        """A cancel signal arrived: the running child has it too; later phases are skipped."""
+        self.cancelled = True
+        self.env["CONVEYOR_JOB_CANCELLED"] = self.env["BUILDKITE_JOB_CANCELLED"] = "true"
+
+
+def become_subreaper() -> bool:
+    """Orphans of this process's descendants come to it (Linux); False where not supported."""
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+        prctl.restype = ctypes.c_int
+        prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+        return bool(prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0) == 0)
+    except (OSError, AttributeError):
+        return False
+
+
+async def stop_leftovers() -> None:
+    """Stop every process the job left running (SIGTERM, then SIGKILL after a grace)."""
+    me = os.getpid()
+    left = await anyio.to_thread.run_sync(descendants, {me})
+    if not left:
+        return
+    await note(f"stopping {len(left)} process(es) the job left running")
+    _signal_all(left, signal.SIGTERM)
+    with anyio.move_on_after(LEFTOVER_GRACE_S):
+        await _wait_gone(left)
+    _signal_all(await anyio.to_thread.run_sync(descendants, {me}), signal.SIGKILL)
+    _reap()
+
+
+def _signal_all(pids: set[int], signum: int) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signum)
+
+
+async def _wait_gone(pids: set[int]) -> None:
+    for pid in pids:
+        try:
+            fd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            continue
+        try:
+            await anyio.wait_readable(fd)  # readable once the process has exited
+        finally:
+            os.close(fd)
+
+
+def _reap() -> None:
+    """Collect exited orphans: they are this subreaper's children now."""
+    with contextlib.suppress(ChildProcessError):
+        while os.waitpid(-1, os.WNOHANG)[0] != 0:
+            pass
+
+
+async def execute(env: Mapping[str, str]) -> int:
+    """Run the job the environment describes; the executor's exit status."""
+    try:
+        settings = Settings.from_env(env)
+    except JobSetupError as exc:
+        await note(f"error: {exc}")
+        return 1
+    become_subreaper()
+    # Hooks before the checkout run where it will be: the agent's directory for this pipeline.
+    await anyio.Path(settings.checkout_path).mkdir(parents=True, exist_ok=True)
+    executor = Executor(settings, env)
+    status = 0
+    async with anyio.create_task_group() as tg:
+
+        async def watch_signals() -> None:
+            with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as sigs:
+                async for signum in sigs:
+                    await note(f"received {signum.name}: cancelling the job")
+                    executor.cancel()
+                    nonlocal status
+                    status = 128 + signum
+
+        tg.start_soon(watch_signals)
+        result = await executor.run()
+        await stop_leftovers()
+        tg.cancel_scope.cancel()
+    return status or result
+
+
+def main() -> None:
+    sys.exit(anyio.run(execute, dict(os.environ)))

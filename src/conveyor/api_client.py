@@ -124,9 +124,13 @@ class ApiClient:
         _raise_for(response)
         return p.BuildOut.model_validate_json(response.content)
 
-    async def job_log(self, job_id: str) -> AsyncIterator[bytes]:
+    async def job_log(self, job_id: str, timestamps: str = "strip") -> AsyncIterator[bytes]:
+        """The log's bytes; `timestamps`: `strip` (the output as written), `render` (each line
+        prefixed with its UTC time) or `raw` (as stored, with the timestamp markers)."""
         try:
-            async with self._http.stream("GET", f"/jobs/{job_id}/log") as response:
+            async with self._http.stream(
+                "GET", f"/jobs/{job_id}/log", params={"timestamps": timestamps}
+            ) as response:
                 if response.status_code >= 400:
                     await response.aread()
                     _raise_for(response)

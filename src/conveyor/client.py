@@ -33,15 +33,17 @@ R = TypeVar("R")
 
 @dataclass(frozen=True)
 class Backoff:
-    """`attempts` tries in all; the n-th wait is base·2ⁿ capped at `cap`, with jitter."""
+    """`attempts` tries in all (None: until cancelled); the n-th wait is base·2ⁿ capped at
+    `cap`, with jitter."""
 
-    attempts: int
+    attempts: int | None
     base: float = 1.0
     cap: float = 60.0
     network_only: bool = False
 
     def delay(self, attempt: int, retry_after: float | None) -> float:
-        window = min(self.cap, self.base * 2**attempt)
+        # The exponent is bounded: an unbounded policy may count past what a float holds.
+        window = min(self.cap, self.base * 2 ** min(attempt, 60))
         wait = random.uniform(window / 2, window)
         return max(wait, retry_after or 0.0)
 
@@ -54,7 +56,10 @@ HEARTBEAT = Backoff(attempts=10, base=1, cap=5)
 PING = Backoff(attempts=1)
 ACCEPT = Backoff(attempts=30, base=0.5, cap=5, network_only=True)
 START = Backoff(attempts=7, base=1, cap=32)
-CHUNK = Backoff(attempts=12, base=1, cap=120)
+# A chunk is retried for as long as the server may come back: while the job runs, and then
+# until the log streamer's flush deadline cancels it. Only a final answer (4xx) gives up early.
+# The short cap resumes uploads soon after the server is back.
+CHUNK = Backoff(attempts=None, base=1, cap=30)
 FINISH = Backoff(attempts=12, base=1, cap=120)
 STATE = Backoff(attempts=3, base=0.5, cap=2)
 # A job that waits for its dependencies is asked for again, for up to about ten minutes.
@@ -77,7 +82,7 @@ async def retrying(what: str, policy: Backoff, call: Callable[[], Awaitable[R]])
                 policy.network_only and isinstance(exc, APIError)
             )
             attempt += 1
-            if not retryable or attempt >= policy.attempts:
+            if not retryable or (policy.attempts is not None and attempt >= policy.attempts):
                 raise
             retry_after = exc.retry_after if isinstance(exc, APIError) else None
             delay = policy.delay(attempt - 1, retry_after)

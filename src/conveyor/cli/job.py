@@ -20,14 +20,25 @@ def job() -> None:
 
 @job.command()
 @click.argument("job_id")
+@click.option(
+    "--timestamps", is_flag=True, help="Prefix each line with the UTC time it was written."
+)
+@click.option(
+    "--raw", is_flag=True, help="Print the log as stored, with its timestamp escape sequences."
+)
 @client_options
 @friendly_errors
-def log(job_id: str, config_file: Path | None, **flags: object) -> None:
-    """Print a job's log exactly as stored.
+def log(
+    job_id: str, timestamps: bool, raw: bool, config_file: Path | None, **flags: object
+) -> None:
+    """Print a job's log: the bytes the command wrote.
 
     Commands run in a PTY, which ends lines with \\r\\n: the log keeps those bytes as the
     terminal produced them.
     """
+    if timestamps and raw:
+        raise click.UsageError("--timestamps and --raw cannot be used together")
+    mode = "render" if timestamps else "raw" if raw else "strip"
     cfg = settings(ClientSettings, given(**flags), config_file)
 
     async def main() -> None:
@@ -35,7 +46,7 @@ def log(job_id: str, config_file: Path | None, **flags: object) -> None:
 
         out = sys.stdout.buffer
         async with ApiClient.connect(cfg.endpoint, cfg.api_token) as api:
-            async for data in api.job_log(job_id):
+            async for data in api.job_log(job_id, mode):
                 out.write(data)
         out.flush()
 

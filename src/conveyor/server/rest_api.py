@@ -12,6 +12,7 @@ import anyio.to_thread
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import StreamingResponse
 
+from conveyor import logformat
 from conveyor import protocol as p
 from conveyor.errors import InvalidStateError, NotFoundError, PipelineError
 from conveyor.pipeline import check_graph, parse_pipeline
@@ -457,10 +458,21 @@ async def get_job(job_id: str, request: Request) -> p.JobOut:
     response_class=StreamingResponse,
     responses={200: {"content": {"application/octet-stream": {}}}},
 )
-async def get_log(job_id: str, request: Request) -> StreamingResponse:
+async def get_log(
+    job_id: str,
+    request: Request,
+    timestamps: Annotated[
+        logformat.Mode,
+        Query(
+            description="`strip` (default): the output as the command wrote it; `render`: "
+            "each line prefixed with its UTC time; `raw`: the stored bytes, markers included"
+        ),
+    ] = "strip",
+) -> StreamingResponse:
     """The job's log as the command wrote it (PTY line endings: `\\r\\n`), in offset order.
 
-    `X-Conveyor-Log-Gaps` counts the holes left by chunks that never arrived.
+    `X-Conveyor-Log-Gaps` counts the holes left by chunks that never arrived;
+    `X-Conveyor-Log-Size` is the size of the log as stored, timestamp markers included.
     """
     ctx = context(request)
     async with ctx.store.transaction() as tx:
@@ -476,12 +488,22 @@ async def get_log(job_id: str, request: Request) -> StreamingResponse:
         expected = offset + size
 
     async def body() -> AsyncIterator[bytes]:
+        # Markers may be split across chunks and read batches: the reader holds a partial
+        # one until the next chunk completes it. A hole ends whatever was held.
+        reader = logformat.Reader(timestamps)
         offsets = [o for o, _ in index]
+        end = 0
         for i in range(0, len(offsets), _LOG_READ_BATCH):
             async with ctx.store.transaction() as tx:
                 chunks = await tx.read_chunks(job_id, offsets[i : i + _LOG_READ_BATCH])
-            for chunk in chunks:
-                yield chunk
+            for offset, chunk in zip(offsets[i : i + _LOG_READ_BATCH], chunks, strict=True):
+                out = reader.flush() if offset != end else b""
+                out += reader.feed(chunk)
+                end = offset + len(chunk)
+                if out:
+                    yield out
+        if rest := reader.flush():
+            yield rest
 
     return StreamingResponse(
         body(),

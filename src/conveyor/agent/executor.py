@@ -11,20 +11,46 @@ starting the executor (a Python process, tens of milliseconds, on every job's cr
 
 from __future__ import annotations
 
+import functools
+import json
+import shutil
 import signal
 import sys
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import anyio
 import anyio.to_thread
 
+from conveyor.agent.hooks import find_hook, run_hook
 from conveyor.runner.hooks import PHASES, REPOSITORY_HOOK_DIRS
 
 if TYPE_CHECKING:
     from conveyor.agent.worker import WorkerOptions
 
 EXECUTOR = (sys.executable, "-m", "conveyor.runner")
+PRE_BOOTSTRAP = "pre-bootstrap"
+
+
+async def pre_bootstrap(opts: WorkerOptions, job_id: str, server_env: Mapping[str, str]) -> int:
+    """Run the agent's `pre-bootstrap` hook, if it has one, for a job about to start: it sees
+    the job's id and, in the JSON file named by CONVEYOR_JOB_ENV_FILE, the env the server gave
+    the job — before any of it runs. Its status (0 when there is no hook): non-zero refuses
+    the job."""
+    hook = await find_hook(opts.hooks_path, PRE_BOOTSTRAP)
+    if hook is None:
+        return 0
+    tmp = await anyio.to_thread.run_sync(functools.partial(tempfile.mkdtemp, prefix="conveyor-"))
+    try:
+        env_file = anyio.Path(tmp) / "job-env.json"
+        await env_file.write_text(json.dumps(dict(server_env)))
+        facts = {"CONVEYOR_JOB_ID": job_id, "CONVEYOR_JOB_ENV_FILE": str(env_file)}
+        facts |= {"BUILDKITE_JOB_ID": job_id, "BUILDKITE_ENV_JSON_FILE": str(env_file)}
+        return await run_hook(hook, env=facts)
+    finally:
+        await anyio.to_thread.run_sync(functools.partial(shutil.rmtree, tmp, ignore_errors=True))
 
 
 def executor_env(opts: WorkerOptions) -> dict[str, str]:

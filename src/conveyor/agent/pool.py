@@ -113,9 +113,11 @@ class AgentPool:
         self.workers.append(worker)
         await worker.run(task_status=task_status)
 
-    def cancel_jobs(self, reason: p.SignalReason = p.SignalReason.AGENT_STOP) -> None:
+    def cancel_jobs(
+        self, reason: p.SignalReason = p.SignalReason.AGENT_STOP, *, grace: float | None = None
+    ) -> None:
         for worker in self.workers:
-            worker.cancel_job(reason)
+            worker.cancel_job(reason, grace=grace)
 
     @property
     def failures(self) -> list[str]:

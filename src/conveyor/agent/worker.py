@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import platform
@@ -22,7 +23,7 @@ from conveyor import protocol as p
 from conveyor.agent.actions import ActionLoop
 from conveyor.agent.baton import Baton
 from conveyor.agent.debouncer import Debouncer
-from conveyor.agent.executor import executor_argv, executor_env
+from conveyor.agent.executor import executor_argv, executor_env, pre_bootstrap
 from conveyor.agent.heartbeat import HeartbeatLoop
 from conveyor.agent.jobenv import job_process_env
 from conveyor.agent.ping import PingLoop
@@ -135,11 +136,13 @@ class AgentWorker:
         if self._actions is not None:
             self._actions.stop()
 
-    def cancel_job(self, reason: p.SignalReason = p.SignalReason.AGENT_STOP) -> None:
+    def cancel_job(
+        self, reason: p.SignalReason = p.SignalReason.AGENT_STOP, *, grace: float | None = None
+    ) -> None:
         """Cancel the running job; a job still being accepted or started is cancelled as soon
-        as it has a runner, and never starts its command."""
+        as it has a runner, and never starts its command. `grace`: see `JobRunner.cancel`."""
         if self._runner is not None:
-            self._runner.cancel(reason)
+            self._runner.cancel(reason, grace=grace)
         elif self._in_job:
             self._pending_cancel = reason
 
@@ -280,6 +283,9 @@ class AgentWorker:
             await self._finish(job, exit_status=-1, reason=p.SignalReason.PROCESS_RUN_ERROR)
             return
         opts = self.options
+        if status := await pre_bootstrap(opts, spec.id, spec.env):
+            await self._refuse(job, f"the agent's pre-bootstrap hook refused it (status {status})")
+            return
         workdir = opts.workdir or (opts.build_path / self.name / spec.pipeline)
         env = job_process_env(
             spec.env,
@@ -329,6 +335,13 @@ class AgentWorker:
             chunks_failed_count=result.chunks_failed_count,
         )
         log.info("%s: job %s exited with %s", self.name, spec.id, result.exit_status)
+
+    async def _refuse(self, job: JobClient, why: str) -> None:
+        """Finish a job this agent will not run: -1 (`agent_refused`), the reason in its log."""
+        log.warning("%s: job %s refused: %s", self.name, job.job_id, why)
+        with contextlib.suppress(httpx.TransportError, APIError):
+            await job.upload_chunk(1, 0, f"conveyor: this job was not run: {why}\r\n".encode())
+        await self._finish(job, exit_status=-1, reason=p.SignalReason.AGENT_REFUSED)
 
     async def _watch_job(self, job: JobClient, runner: JobRunner) -> None:
         """Poll the job's state (interval plus jitter): a job the server is canceling, or one

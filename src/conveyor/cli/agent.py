@@ -120,8 +120,13 @@ def agent() -> None:
 def start(config_file: Path | None, **flags: object) -> None:
     """Register with the server and run jobs until stopped.
 
-    SIGTERM or SIGINT once: take no more jobs, finish the running ones, disconnect, exit 0.
-    Twice: cancel the running jobs (they finish as cancelled), then exit.
+    \b
+    Signals:
+      SIGTERM or SIGINT once: take no more jobs, finish the running ones, disconnect, exit 0.
+      Twice: cancel the running jobs (cancel signal, then SIGKILL after the grace period);
+      they finish as -1 (agent_stop); disconnect, exit 0.
+      Three times, or SIGQUIT: ungraceful: every job process is killed at once (SIGKILL),
+      the jobs finish as -1 (agent_stop), disconnect, exit 1.
     """
     from conveyor.agent.jobenv import AGENT_ENV_PREFIXES
 
@@ -178,16 +183,23 @@ async def _start(cfg: AgentSettings) -> None:
         ),
         locks_dir=cfg.locks_dir,
     )
+    ungraceful = False
     async with anyio.create_task_group() as tg:
 
         async def handle_signals() -> None:
-            with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            nonlocal ungraceful
+            watched = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
+            with anyio.open_signal_receiver(*watched) as signals:
                 count = 0
                 async for signum in signals:
                     count += 1
-                    if count == 1:
+                    pool.stop("interrupted")
+                    if signum == signal.SIGQUIT or count >= 3:
+                        log.warning("%s: stopping at once, killing running jobs", signum.name)
+                        ungraceful = True
+                        pool.cancel_jobs(grace=0)
+                    elif count == 1:
                         log.info("%s: finishing running jobs, then disconnecting", signum.name)
-                        pool.stop("interrupted")
                     else:
                         log.info("%s again: cancelling running jobs", signum.name)
                         pool.cancel_jobs()
@@ -199,6 +211,8 @@ async def _start(cfg: AgentSettings) -> None:
         tg.cancel_scope.cancel()
     if pool.failures:
         raise ConveyorError("workers stopped by the server: " + "; ".join(pool.failures))
+    if ungraceful:
+        raise ConveyorError("stopped ungracefully: running jobs were killed")
     log.info("agent stopped (%s)", pool.shutdown_reason)
 
 

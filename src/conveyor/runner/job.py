@@ -76,19 +76,30 @@ class JobRunner:
         self._tee = tee
         self._scope = anyio.CancelScope()
         self._cancel_reason: SignalReason | None = None
+        # Set by a cancel that may not wait for the grace (an agent quitting at once).
+        self._killed = False
+        self._kill_now: anyio.Event | None = None
         self.redactor = Redactor()
         for name, value in sorted(secret_values(run.env, run.redacted_vars).items()):
             self.redactor.add(value, name=f"${name}")
 
-    def cancel(self, reason: SignalReason) -> None:
-        """Stop the job; before `run` it never starts. The first reason given is reported."""
+    def cancel(self, reason: SignalReason, *, grace: float | None = None) -> None:
+        """Stop the job; before `run` it never starts. The first reason given is reported.
+        `grace=0`: SIGKILL at once, also when a cancel is already waiting out its grace."""
         if self._cancel_reason is None:
             self._cancel_reason = reason
+        if grace is not None and grace <= 0:
+            self._killed = True
+            if self._kill_now is not None:
+                self._kill_now.set()
         self._scope.cancel()
 
     async def run(self) -> JobResult:
         spec = self.run_spec
         status, sig, reason = -1, None, None
+        self._kill_now = anyio.Event()
+        if self._killed:
+            self._kill_now.set()
         async with LogStreamer(
             self._sink, max_chunk_size=spec.chunk_max_size, interval=spec.chunk_interval
         ) as streamer:
@@ -123,8 +134,13 @@ class JobRunner:
                             use_pty=spec.use_pty,
                             cancel_signal=spec.cancel_signal,
                             cancel_grace=spec.cancel_grace,
+                            kill_now=self._kill_now,
                         )
                         status, sig = exit_.status, exit_.signal
+                        if spec.argv and sig is not None:
+                            # The executor itself was killed (not the command under it, whose
+                            # death the executor reports as 128+N): its status is unknown.
+                            status, sig = 255, None
                     except OSError as exc:
                         # The command could not even start (no shell, bad directory, ...): say so
                         # in the log, where the user will look first.
@@ -137,7 +153,8 @@ class JobRunner:
                     with contextlib.suppress(Exception):
                         self._tee.close()
             if self._scope.cancelled_caught:
-                status, sig = -1, signal.Signals(spec.cancel_signal).name
+                first = signal.SIGKILL if self._killed else spec.cancel_signal
+                status, sig = -1, signal.Signals(first).name
                 reason = self._cancel_reason or SignalReason.CANCEL
         return JobResult(
             exit_status=status,

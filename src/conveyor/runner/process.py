@@ -127,8 +127,10 @@ async def run_process(
     use_pty: bool = True,
     cancel_signal: int = signal.SIGTERM,
     cancel_grace: float = 10.0,
+    kill_now: anyio.Event | None = None,
 ) -> ProcessExit:
-    """Run `argv` to its end. If cancelled, stop its process group first, then re-raise."""
+    """Run `argv` to its end. If cancelled, stop its process group first, then re-raise.
+    Once `kill_now` is set, the grace is over: SIGKILL follows at once."""
     job_id = env.get(JOB_MARKER)
     marker = f"{JOB_MARKER}={job_id}".encode() if job_id else None
     read_fd, write_fd = _open_terminal(use_pty)
@@ -165,7 +167,7 @@ async def run_process(
                     returncode = await process.wait()
                 except BaseException:
                     with anyio.CancelScope(shield=True):
-                        await _stop(process, cancel_signal, cancel_grace, marker)
+                        await _stop(process, cancel_signal, cancel_grace, marker, kill_now)
                     pump_scope.deadline = anyio.current_time() + DRAIN_AFTER_STOP_S
                     raise
                 finally:
@@ -222,15 +224,28 @@ def descendants(roots: set[int], marker: bytes | None = None) -> set[int]:
 
 
 async def _stop(
-    process: anyio.abc.Process, cancel_signal: int, grace: float, marker: bytes | None
+    process: anyio.abc.Process,
+    cancel_signal: int,
+    grace: float,
+    marker: bytes | None,
+    kill_now: anyio.Event | None = None,
 ) -> None:
     """The cancel signal to the whole group; SIGKILL to the group once the grace is over, and
     to every other process of the job (see the module's docstring)."""
     tree = await anyio.to_thread.run_sync(descendants, {process.pid})
-    if process.returncode is None:
+    if process.returncode is None and not (kill_now is not None and kill_now.is_set()):
         _kill_group(process.pid, cancel_signal)
         with anyio.move_on_after(grace):
-            await process.wait()
+            async with anyio.create_task_group() as tg:
+                if kill_now is not None:
+
+                    async def cut_short() -> None:
+                        await kill_now.wait()
+                        tg.cancel_scope.cancel()
+
+                    tg.start_soon(cut_short)
+                await process.wait()
+                tg.cancel_scope.cancel()
     # Whatever of the group is still there (the command's children too) does not get to stay.
     _kill_group(process.pid, signal.SIGKILL)
     tree |= await anyio.to_thread.run_sync(descendants, tree | {process.pid}, marker)

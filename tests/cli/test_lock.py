@@ -79,7 +79,7 @@ async def test_an_agent_that_is_gone(tmp_path: Path) -> None:
     env = clean_env(**{SOCKET_ENV: str(tmp_path / "gone.sock"), TOKEN_ENV: "t"})
     result = await conveyor("lock", "get", "db", env=env)
     assert result.returncode == 1
-    assert result.stderr.startswith("conveyor: error: cannot reach the agent's lock service at ")
+    assert result.stderr.startswith("conveyor: error: cannot reach the agent's job services at ")
     assert "Traceback" not in result.stderr
 
 

@@ -19,26 +19,19 @@ closed before that as a request given up, and drops whatever it would have grant
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import Literal
 
-import anyio
-from anyio.streams.buffered import BufferedByteReceiveStream
-
+from conveyor import jobsocket
 from conveyor.errors import ConveyorError
+from conveyor.jobsocket import MAX_MESSAGE, SOCKET_ENV, TOKEN_ENV, encode
 
-SOCKET_ENV = "CONVEYOR_LOCKS_SOCKET"
-TOKEN_ENV = "CONVEYOR_LOCKS_TOKEN"
-MAX_MESSAGE = 64 * 1024
+__all__ = ["MAX_KEY", "MAX_MESSAGE", "OPS", "SOCKET_ENV", "TOKEN_ENV", "LockClient", "Op", "encode"]
+
 MAX_KEY = 1024
 
 Op = Literal["acquire", "release", "get", "do", "done"]
 OPS: tuple[Op, ...] = ("acquire", "release", "get", "do", "done")
-
-
-def encode(message: Mapping[str, object]) -> bytes:
-    return json.dumps(message, separators=(",", ":")).encode() + b"\n"
 
 
 class LockClient:
@@ -63,36 +56,13 @@ class LockClient:
         self, op: Op, key: str, *, lock_token: str | None = None, max_wait: float | None = None
     ) -> str:
         """Send one request and wait for its answer, however long the service takes."""
-        request = {"token": self._token, "op": op, "key": key}
+        request: dict[str, object] = {"token": self._token, "op": op, "key": key}
         if lock_token is not None:
             request["lock_token"] = lock_token
-        try:
-            stream = await anyio.connect_unix(self.socket_path)
-        except OSError as exc:
-            raise ConveyorError(
-                f"cannot reach the agent's lock service at {self.socket_path}: "
-                f"{exc.strerror or exc} (has the job's agent stopped?)"
-            ) from None
-        async with stream:
-            await stream.send(encode({**request, "max_wait": max_wait}))
-            try:
-                line = await BufferedByteReceiveStream(stream).receive_until(b"\n", MAX_MESSAGE)
-            except (anyio.IncompleteRead, anyio.EndOfStream, anyio.BrokenResourceError):
-                raise ConveyorError(
-                    "the agent's lock service closed the connection without an answer "
-                    "(has the job's agent stopped?)"
-                ) from None
-        try:
-            reply = json.loads(line)
-            ok = reply["ok"] is True
-            text = reply["value" if ok else "error"]
-        except (ValueError, KeyError, TypeError):
-            text = None
-        if not isinstance(text, str):
-            raise ConveyorError(f"the agent's lock service answered nonsense: {line[:200]!r}")
-        if not ok:
-            raise ConveyorError(text)
-        return text
+        value = await jobsocket.request(self.socket_path, {**request, "max_wait": max_wait})
+        if not isinstance(value, str):
+            raise ConveyorError(f"the agent's lock service answered nonsense: {value!r:.200}")
+        return value
 
     async def acquire(self, key: str, max_wait: float | None = None) -> str:
         return await self.call("acquire", key, max_wait=max_wait)

@@ -25,7 +25,7 @@ import secrets
 import shutil
 import socket
 import tempfile
-from collections.abc import AsyncIterator, Hashable
+from collections.abc import AsyncIterator, Hashable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +36,8 @@ from anyio.abc import SocketListener, SocketStream, TaskGroup, TaskStatus
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 from conveyor.agent.hostlocks import HostLocks, default_host_dir
+from conveyor.agent.jobapi import OPS as JOB_API_OPS
+from conveyor.agent.jobapi import JobApiError, JobState, Redact, perform
 from conveyor.agent.lockclient import MAX_KEY, MAX_MESSAGE, OPS, SOCKET_ENV, TOKEN_ENV, Op, encode
 from conveyor.agent.locks import LockError, LockTable
 from conveyor.errors import ConveyorError
@@ -144,6 +146,7 @@ class LockService:
         self._tg: TaskGroup | None = None
         self._owners: dict[str, int] = {}  # job token → owner
         self._jobs: dict[Hashable, tuple[int, str]] = {}  # worker → (owner, token)
+        self._states: dict[int, JobState] = {}  # owner → its job API state
         self._serials = itertools.count(1)
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
@@ -175,6 +178,7 @@ class LockService:
                 self._table = self._tg = self.socket_path = None
                 self._owners.clear()
                 self._jobs.clear()
+                self._states.clear()
 
     def open_job(self, worker: Hashable) -> dict[str, str]:
         """A job starts on `worker`: the variables that give it the locks (none while the
@@ -185,8 +189,15 @@ class LockService:
         owner, token = next(self._serials), secrets.token_urlsafe(32)
         self._owners[token] = owner
         self._jobs[worker] = (owner, token)
+        self._states[owner] = JobState()
         self._table.open(owner)
         return {SOCKET_ENV: str(self.socket_path), TOKEN_ENV: token}
+
+    def attach(self, worker: Hashable, env: Mapping[str, str], redact: Redact) -> None:
+        """The job on `worker` is about to run with `env`; `redact` adds to its redactor."""
+        job = self._jobs.get(worker)
+        if job is not None:
+            self._states[job[0]] = JobState(dict(env), redact)
 
     def close_job(self, worker: Hashable) -> None:
         """The job on `worker` has ended: its token stops working, its keys are let go."""
@@ -195,6 +206,7 @@ class LockService:
             return
         owner, token = job
         self._owners.pop(token, None)
+        self._states.pop(owner, None)
         if self._tg is not None and self._table is not None:
             self._tg.start_soon(self._table.close, owner)
 
@@ -220,6 +232,8 @@ class LockService:
         try:
             with anyio.fail_after(_REQUEST_DEADLINE_S):
                 line = await received.receive_until(b"\n", MAX_MESSAGE)
+            if await self._job_api(stream, line):
+                return
             token, request = _parse(line)
         except (TimeoutError, anyio.IncompleteRead):
             return
@@ -262,6 +276,27 @@ class LockService:
             if granted:
                 await table.drop(request.key, owner)
             raise
+
+    async def _job_api(self, stream: SocketStream, line: bytes) -> bool:
+        """Answer `line` if it is a job API request (see `jobapi`); False if it is not one."""
+        try:
+            data = json.loads(line)
+        except ValueError:
+            return False
+        if not isinstance(data, dict) or data.get("op") not in JOB_API_OPS:
+            return False
+        token = data.get("token")
+        owner = self._owner(token) if isinstance(token, str) else None
+        state = self._states.get(owner) if owner is not None else None
+        if state is None:
+            reply = {"ok": False, "error": "refused: the token is not that of a running job"}
+        else:
+            try:
+                reply = {"ok": True, "value": perform(state, data)}
+            except JobApiError as exc:
+                reply = {"ok": False, "error": str(exc)}
+        await stream.send(encode(reply))
+        return True
 
     @staticmethod
     async def _perform(table: LockTable, request: _Request, owner: int) -> str:

@@ -16,7 +16,7 @@ from anyio.abc import TaskStatus
 
 from conveyor import protocol as p
 from conveyor.agent.hooks import find_hook, run_hook
-from conveyor.agent.jobenv import job_lock_env
+from conveyor.agent.jobenv import job_api_attach, job_lock_env
 from conveyor.agent.lockservice import LockService
 from conveyor.agent.worker import AgentWorker, Tee, WorkerOptions
 from conveyor.client import new_http_client
@@ -101,6 +101,7 @@ class AgentPool:
         assert self._http is not None
         # Set in this worker's task, so each of its jobs gets a lock token of its own.
         job_lock_env.set(functools.partial(self.locks.open_job, index))
+        job_api_attach.set(functools.partial(self.locks.attach, index))
         worker = AgentWorker(
             self.options,
             self._http,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import platform
@@ -25,7 +26,7 @@ from conveyor.agent.baton import Baton
 from conveyor.agent.debouncer import Debouncer
 from conveyor.agent.executor import executor_argv, executor_env, pre_bootstrap
 from conveyor.agent.heartbeat import HeartbeatLoop
-from conveyor.agent.jobenv import job_process_env
+from conveyor.agent.jobenv import job_api_attach, job_process_env
 from conveyor.agent.ping import PingLoop
 from conveyor.agent.stream import StreamHealth, StreamLoop
 from conveyor.client import AgentClient, JobClient
@@ -312,6 +313,8 @@ class AgentWorker:
         runner = self._runner = JobRunner(
             run, _JobSink(job, lambda: runner.cancel(p.SignalReason.CANCEL)), tee=tee
         )
+        if (attach := job_api_attach.get()) is not None:
+            attach(env, functools.partial(runner.redactor.add, name=_REDACTOR_ADD))
         if self._pending_cancel is not None:
             runner.cancel(self._pending_cancel)
         log.info("%s: running job %s (%s)", self.name, spec.id, spec.label)
@@ -388,6 +391,8 @@ class AgentWorker:
             except (httpx.TransportError, APIError) as exc:
                 log.error("%s: could not finish job %s: %s", self.name, job.job_id, exc)
 
+
+_REDACTOR_ADD = "a value given to `conveyor redactor add`"
 
 EAGER_WINDOW_S = 5.0
 """A pushed job is started from its spec only if it was assigned this recently (by the

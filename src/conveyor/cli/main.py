@@ -11,6 +11,7 @@ from conveyor.cli import (
     artifact,
     bootstrap,
     build,
+    env,
     job,
     lock,
     metadata,
@@ -36,6 +37,7 @@ def cli() -> None:
     Unblock a step, retry a job:           conveyor build unblock, job retry
     Add steps from inside a job:           conveyor pipeline upload [FILE]
     Share data from inside a job:          conveyor meta-data, annotate, artifact, step, lock
+    Change a job's env, redact a secret:   conveyor env, redactor add
     Run one job here, hooks and all:       conveyor bootstrap --job job.json
 
     Every flag can also be set as CONVEYOR_<FLAG> in the environment (e.g. CONVEYOR_SPAWN=4)
@@ -57,6 +59,8 @@ cli.add_command(annotate.annotation)
 cli.add_command(step.step)
 cli.add_command(lock.lock)
 cli.add_command(bootstrap.bootstrap)
+cli.add_command(env.env)
+cli.add_command(env.redactor)
 
 
 def main() -> None:

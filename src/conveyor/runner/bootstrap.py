@@ -34,7 +34,8 @@ from pathlib import Path
 import anyio
 import anyio.to_thread
 
-from conveyor.errors import JobSetupError
+from conveyor import jobsocket
+from conveyor.errors import ConveyorError, JobSetupError
 from conveyor.runner import checkout, hooks, plugins
 from conveyor.runner.children import run_child
 from conveyor.runner.hooks import Hook
@@ -99,6 +100,51 @@ class Settings:
         )
 
 
+class JobApiLink:
+    """The executor's side of the job API (`conveyor env`): it gives the agent the env before
+    each hook or command, and takes back what the job changed through the API after it."""
+
+    def __init__(self, env: Mapping[str, str]):
+        self._socket = env.get(jobsocket.SOCKET_ENV, "")
+        self._token = env.get(jobsocket.TOKEN_ENV, "")
+        self._pushed: dict[str, str] = {}
+
+    async def _call(self, message: dict[str, object]) -> object:
+        if not (self._socket and self._token):
+            return None
+        try:
+            return await jobsocket.request(self._socket, {"token": self._token, **message})
+        except ConveyorError as exc:
+            await note(f"warning: the job API is not available: {exc}")
+            self._socket = ""
+            return None
+
+    async def push(self, env: Mapping[str, str]) -> None:
+        self._pushed = dict(env)
+        await self._call({"op": "env.sync", "env": self._pushed})
+
+    async def changes(self) -> dict[str, str | None]:
+        """What `conveyor env set/unset` changed since the last push (None: unset)."""
+        current = await self._call({"op": "env.get"})
+        if not isinstance(current, dict):
+            return {}
+        changed: dict[str, str | None] = {
+            k: str(v) for k, v in current.items() if self._pushed.get(k) != v
+        }
+        changed.update({k: None for k in self._pushed if k not in current})
+        return changed
+
+
+def apply_changes(env: dict[str, str], changes: Mapping[str, str | None]) -> None:
+    for name, value in changes.items():
+        if name in hooks.PROTECTED:
+            continue
+        if value is None:
+            env.pop(name, None)
+        else:
+            env[name] = value
+
+
 async def say(text: str) -> None:
     """A line of the executor's own in the job's log."""
     # The terminal is the agent's to read, which it always does: a short write does not wait.
@@ -118,6 +164,7 @@ class Executor:
         self.checked_out = False
         self.cancelled = False
         self.status = 0
+        self.api = JobApiLink(env)
 
     # --- hook lookup -----------------------------------------------------------------------
 
@@ -162,6 +209,7 @@ class Executor:
         """Run each hook in turn; the first failure ends the phase with its status."""
         for hook in found:
             await say(f"~~~ Running {hook.describe()}")
+            await self.api.push(self.env)
             try:
                 result = await hooks.run_hook(
                     hook, shell=self.settings.shell, env=self.env, cwd=self.cwd
@@ -175,6 +223,7 @@ class Executor:
                 await note(f"error: {hook.describe()} exited with status {result.status}")
                 return result.status
             self.env, self.cwd = result.env, result.cwd
+            apply_changes(self.env, await self.api.changes())
         return 0
 
     async def phase(self, name: str, *, reverse: bool = False) -> int:
@@ -235,7 +284,11 @@ class Executor:
             return 1
         await say("~~~ Running commands")
         argv = [*shlex.split(self.settings.shell), self.settings.command]
-        return await run_child(argv, env=self.env, cwd=self.cwd)
+        await self.api.push(self.env)
+        status = await run_child(argv, env=self.env, cwd=self.cwd)
+        # The command's own exports end with it; what it set through the job API stays.
+        apply_changes(self.env, await self.api.changes())
+        return status
 
     async def upload_artifacts(self) -> int:
         await say("~~~ Uploading artifacts")

@@ -90,6 +90,8 @@ class AgentSettings(BaseModel):
     allowed_plugins: str | None = None
     no_local_hooks: bool = False
     cancel_signal: str = "SIGTERM"
+    git_mirrors_path: ExpandedPath | None = None
+    git_mirrors_lock_timeout: int = Field(default=300, ge=0)
     shutdown_hook: ExpandedPath | None = None
     health_check_addr: str | None = None
     # Machine-scope locks (`conveyor lock`); None: $TMPDIR/conveyor-locks-<uid>.

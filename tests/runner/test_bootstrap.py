@@ -3,6 +3,7 @@ with hooks, a repository, plugins and commands made on disk for each test."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import signal
@@ -393,3 +394,53 @@ async def test_a_killed_command_reports_128_plus_the_signal(tmp_path: Path) -> N
     hook(hooks, "pre-exit", "true\n")
     result, _ = await run_job(tmp_path, "sh -c 'kill -KILL $$'", CONVEYOR_HOOKS_PATH=str(hooks))
     assert result.exit_status == 128 + signal.SIGKILL
+
+
+async def test_checkout_through_a_git_mirror(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    sha = make_repo(repo, {"README": "mirrored\n"})
+    mirrors = tmp_path / "mirrors"
+    result, text = await run_job(
+        tmp_path,
+        "cat README; cat .git/objects/info/alternates",
+        CONVEYOR_REPO=str(repo),
+        CONVEYOR_COMMIT=sha,
+        CONVEYOR_GIT_MIRRORS_PATH=str(mirrors),
+    )
+    assert result.exit_status == 0, text
+    assert "mirrored" in text
+    (mirror,) = [d for d in mirrors.iterdir() if d.is_dir()]
+    assert f"{mirror}/objects" in text  # the checkout borrows the mirror's objects
+    assert "git clone --mirror" in text
+
+
+async def test_a_mirror_that_stays_locked_is_exit_status_94(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    make_repo(repo, {"README": "x\n"})
+    mirrors = tmp_path / "mirrors"
+    mirrors.mkdir()
+    hooks = tmp_path / "hooks"
+    hook(hooks, "pre-exit", "echo PRE-EXIT RAN\n")
+    # Another job (this test) is updating the mirror and holds its lock throughout.
+    name = str(repo).strip("/").replace("/", "-")
+    with (mirrors / f"{name}.lock").open("w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        result, text = await run_job(
+            tmp_path,
+            "echo COMMAND",
+            CONVEYOR_REPO=str(repo),
+            CONVEYOR_GIT_MIRRORS_PATH=str(mirrors),
+            CONVEYOR_GIT_MIRRORS_LOCK_TIMEOUT="0.5",
+            CONVEYOR_HOOKS_PATH=str(hooks),
+        )
+    assert result.exit_status == 94, text
+    assert "stayed locked" in text
+    assert "\nCOMMAND" not in text and "PRE-EXIT RAN" in text
+
+
+async def test_an_executor_killed_from_outside_is_255(tmp_path: Path) -> None:
+    hooks = tmp_path / "hooks"
+    hook(hooks, "pre-exit", "true\n")
+    # The command's parent is the executor.
+    result, _ = await run_job(tmp_path, "kill -KILL $PPID", CONVEYOR_HOOKS_PATH=str(hooks))
+    assert (result.exit_status, result.signal, result.signal_reason) == (255, None, None)

@@ -67,6 +67,8 @@ class WorkerOptions:
     allowed_plugins: str = ""
     local_hooks_enabled: bool = True
     cancel_signal: int = signal.SIGTERM
+    git_mirrors_path: Path | None = None
+    git_mirrors_lock_timeout: int = 300
 
 
 def worker_name(template: str, index: int) -> str:

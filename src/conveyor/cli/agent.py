@@ -95,6 +95,18 @@ def agent() -> None:
     help="Fail jobs whose repository has hooks (.conveyor/hooks, .buildkite/hooks).",
 )
 @click.option(
+    "--git-mirrors-path",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Keep a bare mirror of each repository here; checkouts borrow its objects, so "
+    "repositories are cloned once per host.  [default: off]",
+)
+@click.option(
+    "--git-mirrors-lock-timeout",
+    type=int,
+    help="Seconds a job waits for another job updating the same mirror; past it the job "
+    "fails with exit status 94.  [default: 300]",
+)
+@click.option(
     "--cancel-signal",
     help="Signal a canceled job's process group gets first (SIGKILL follows after the grace "
     "period).  [default: SIGTERM]",
@@ -173,6 +185,8 @@ async def _start(cfg: AgentSettings) -> None:
             allowed_plugins=cfg.allowed_plugins or "",
             local_hooks_enabled=not cfg.no_local_hooks,
             cancel_signal=signal.Signals[cfg.cancel_signal],
+            git_mirrors_path=cfg.git_mirrors_path,
+            git_mirrors_lock_timeout=cfg.git_mirrors_lock_timeout,
         ),
         spawn=1 if cfg.acquire_job else cfg.spawn,
         lifecycle=Lifecycle(

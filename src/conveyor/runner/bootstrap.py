@@ -52,6 +52,19 @@ def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
     return default if value is None else value.lower() in ("1", "true", "yes", "on")
 
 
+def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
+    value = env.get(name)
+    if not value:
+        return default
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise JobSetupError(f"{name} must be a number of seconds, got {value!r}") from None
+    if seconds < 0:
+        raise JobSetupError(f"{name} must not be negative, got {value!r}")
+    return seconds
+
+
 @dataclass(frozen=True)
 class Settings:
     command: str
@@ -67,6 +80,8 @@ class Settings:
     commit: str = "HEAD"
     branch: str = ""
     artifact_paths: tuple[str, ...] = ()
+    git_mirrors_path: Path | None = None
+    git_mirrors_lock_timeout: float = 300.0
 
     @staticmethod
     def from_env(env: Mapping[str, str]) -> Settings:
@@ -97,6 +112,10 @@ class Settings:
             artifact_paths=tuple(
                 p for p in env.get("CONVEYOR_ARTIFACT_PATHS", "").split(";") if p.strip()
             ),
+            git_mirrors_path=Path(mirrors)
+            if (mirrors := env.get("CONVEYOR_GIT_MIRRORS_PATH"))
+            else None,
+            git_mirrors_lock_timeout=_seconds(env, "CONVEYOR_GIT_MIRRORS_LOCK_TIMEOUT", 300.0),
         )
 
 
@@ -257,8 +276,15 @@ class Executor:
             source = checkout.Source(
                 self.settings.repository, self.settings.commit, self.settings.branch
             )
+            mirrors = self.settings.git_mirrors_path
             status = await checkout.checkout(
-                source, self.settings.checkout_path, env=self.env, say=note
+                source,
+                self.settings.checkout_path,
+                env=self.env,
+                say=note,
+                mirrors=checkout.Mirrors(mirrors, self.settings.git_mirrors_lock_timeout)
+                if mirrors is not None
+                else None,
             )
         else:
             # No repository (`conveyor run`, a build without one): the directory as it is.
@@ -441,4 +467,8 @@ async def execute(env: Mapping[str, str]) -> int:
 
 
 def main() -> None:
-    sys.exit(anyio.run(execute, dict(os.environ)))
+    status = anyio.run(execute, dict(os.environ))
+    sys.stdout.flush()
+    # At once, without joining threads: a mirror-lock wait given up at its deadline is still
+    # blocked in its thread, and would hold the exit until the lock came free.
+    os._exit(status)

@@ -8,7 +8,10 @@ removes the directory and is tried again, with a growing pause.
 
 from __future__ import annotations
 
+import fcntl
 import functools
+import os
+import re
 import shutil
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -21,8 +24,23 @@ from conveyor.runner.children import run_child
 
 ATTEMPTS = 3
 FIRST_PAUSE_S = 1.0
+MIRROR_LOCK_TIMEOUT_EXIT = 94
+"""The job's exit status when the git mirror stayed locked for the whole lock timeout."""
 
 Say = Callable[[str], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Mirrors:
+    """Bare mirrors of repositories, shared by every job of the host: a clone borrows their
+    objects (`git clone --reference`), so each repository is fetched from its remote once per
+    job instead of cloned. One job updates a mirror at a time (a flock)."""
+
+    path: Path
+    lock_timeout: float = 300.0
+
+    def mirror_of(self, repository: str) -> Path:
+        return self.path / re.sub(r"[^A-Za-z0-9._-]+", "-", repository).strip("-.")
 
 
 @dataclass(frozen=True)
@@ -47,11 +65,20 @@ async def checkout(
     say: Say,
     attempts: int = ATTEMPTS,
     first_pause: float = FIRST_PAUSE_S,
+    mirrors: Mirrors | None = None,
 ) -> int:
-    """0 once `path` holds `source` and nothing else; else the last git status."""
+    """0 once `path` holds `source` and nothing else; else the last git status
+    (`MIRROR_LOCK_TIMEOUT_EXIT` when the mirror stayed locked: not retried)."""
+    reference: Path | None = None
+    if mirrors is not None:
+        mirror = await _update_mirror(source, mirrors, env, say)
+        if mirror == MIRROR_LOCK_TIMEOUT_EXIT:
+            return MIRROR_LOCK_TIMEOUT_EXIT
+        if isinstance(mirror, Path):
+            reference = mirror
     status = 1
     for attempt in range(1, attempts + 1):
-        status = await _attempt(source, path, env, say)
+        status = await _attempt(source, path, env, say, reference)
         if status == 0:
             return 0
         await anyio.to_thread.run_sync(functools.partial(shutil.rmtree, path, ignore_errors=True))
@@ -65,7 +92,51 @@ async def checkout(
     return status
 
 
-async def _attempt(source: Source, path: Path, env: Mapping[str, str], say: Say) -> int:
+async def _update_mirror(
+    source: Source, mirrors: Mirrors, env: Mapping[str, str], say: Say
+) -> Path | int | None:
+    """The repository's mirror, up to date; the lock-timeout status; or None when the mirror
+    could not be made (the checkout goes on without it)."""
+    mirror = mirrors.mirror_of(source.repository)
+    await anyio.Path(mirrors.path).mkdir(parents=True, exist_ok=True)
+    lock_path = mirror.with_name(mirror.name + ".lock")
+    await say(f"waiting for the git mirror lock {lock_path}")
+    try:
+        with anyio.fail_after(mirrors.lock_timeout):
+            # A blocking flock in a thread: given up at the deadline, the thread stays blocked
+            # until this process (the executor) exits, which follows soon after.
+            lock = await anyio.to_thread.run_sync(_flock, lock_path, abandon_on_cancel=True)
+    except TimeoutError:
+        await say(f"the git mirror {mirror} stayed locked for {mirrors.lock_timeout:g}s")
+        return MIRROR_LOCK_TIMEOUT_EXIT
+    git_env = {**env, "GIT_TERMINAL_PROMPT": "0"}
+    try:
+        if await anyio.Path(mirror / "HEAD").is_file():
+            args = ["git", "--git-dir", str(mirror), "remote", "update", "--prune"]
+        else:
+            args = ["git", "clone", "--mirror", "--quiet", "--", source.repository, str(mirror)]
+        await say("$ " + " ".join(args))
+        if await run_child(args, env=git_env, cwd=mirrors.path):
+            await say("updating the git mirror failed; checking out without it")
+            return None
+        return mirror
+    finally:
+        await anyio.to_thread.run_sync(os.close, lock)
+
+
+def _flock(path: Path) -> int:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+async def _attempt(
+    source: Source, path: Path, env: Mapping[str, str], say: Say, reference: Path | None
+) -> int:
     # Never ask for credentials on the job's terminal: a job would wait forever.
     env = {**env, "GIT_TERMINAL_PROMPT": "0"}
 
@@ -76,7 +147,9 @@ async def _attempt(source: Source, path: Path, env: Mapping[str, str], say: Say)
     if not await anyio.Path(path / ".git").is_dir():
         await anyio.to_thread.run_sync(functools.partial(shutil.rmtree, path, ignore_errors=True))
         await anyio.Path(path.parent).mkdir(parents=True, exist_ok=True)
-        if status := await git("clone", "--", source.repository, str(path), cwd=path.parent):
+        borrow = ["--reference", str(reference)] if reference is not None else []
+        clone = ("clone", *borrow, "--", source.repository, str(path))
+        if status := await git(*clone, cwd=path.parent):
             return status
     else:
         steps = (("remote", "set-url", "origin", source.repository), ("fetch", "--prune", "origin"))

@@ -56,11 +56,10 @@ PROTECTED = frozenset(
         "PLUGINS_ENABLED",
         "LOCAL_HOOKS_ENABLED",
         "SHELL",
-        "LOCK_SOCKET",
-        "LOCK_TOKEN",
         "REDACTED_VARS",
-        "JOB_API_SOCKET",
-        "JOB_API_TOKEN",
+        "LOCKS_SOCKET",
+        "LOCKS_TOKEN",
+        "GIT_MIRRORS_PATH",
     )
     for name in (f"CONVEYOR_{suffix}", f"BUILDKITE_{suffix}")
 )

@@ -92,6 +92,7 @@ class AgentSettings(BaseModel):
     cancel_signal: str = "SIGTERM"
     git_mirrors_path: ExpandedPath | None = None
     git_mirrors_lock_timeout: int = Field(default=300, ge=0)
+    max_log_size: int = Field(default=1024**3, ge=1024)
     shutdown_hook: ExpandedPath | None = None
     health_check_addr: str | None = None
     # Machine-scope locks (`conveyor lock`); None: $TMPDIR/conveyor-locks-<uid>.

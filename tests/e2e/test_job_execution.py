@@ -121,3 +121,19 @@ steps:
         assert seen["REFUSE_ME"] == "1"
         assert seen["CONVEYOR_LABEL"] == "refused"
         assert (tmp_path / f"seen-{allowed.id}.json").exists()
+
+
+async def test_agent_max_log_size_cuts_the_stored_log(database_url: str, tmp_path: Path) -> None:
+    pipeline = "steps:\n  - command: head -c 20000 /dev/zero | tr '\\\\0' x; echo; echo END\n"
+    async with (
+        running_server(database_url, tmp_path / "server") as handle,
+        running_agents(handle, tmp_path / "builds", spawn=1, max_log_size=4096),
+        Api(handle) as api,
+    ):
+        build = await api.wait_build(await api.create_build(pipeline))
+        (job,) = build.jobs
+        log = await api.log(job.id)
+        assert build.state == p.BuildState.PASSED  # the job goes on to its end
+        assert b"the log reached its maximum size of 4096 bytes" in log
+        assert b"END" not in log
+        assert log.count(b"x") < 4096

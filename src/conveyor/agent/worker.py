@@ -69,6 +69,7 @@ class WorkerOptions:
     cancel_signal: int = signal.SIGTERM
     git_mirrors_path: Path | None = None
     git_mirrors_lock_timeout: int = 300
+    max_log_size: int = 1024**3
 
 
 def worker_name(template: str, index: int) -> str:
@@ -309,6 +310,8 @@ class AgentWorker:
             chunk_interval=spec.chunks_interval_seconds,
             cancel_grace=opts.cancel_grace,
             cancel_signal=opts.cancel_signal,
+            # The smaller of the server's limit and this agent's.
+            max_log_size=min(spec.log_max_size_bytes, opts.max_log_size),
             argv=await executor_argv(opts, env, workdir),
         )
         tee = self._tee(spec) if self._tee is not None else None

@@ -107,6 +107,12 @@ def agent() -> None:
     "fails with exit status 94.  [default: 300]",
 )
 @click.option(
+    "--max-log-size",
+    type=int,
+    help="Bytes of a job's log that are stored; past them the output is dropped, with one "
+    "notice line in the log.  [default: 1073741824 (1 GiB)]",
+)
+@click.option(
     "--cancel-signal",
     help="Signal a canceled job's process group gets first (SIGKILL follows after the grace "
     "period).  [default: SIGTERM]",
@@ -187,6 +193,7 @@ async def _start(cfg: AgentSettings) -> None:
             cancel_signal=signal.Signals[cfg.cancel_signal],
             git_mirrors_path=cfg.git_mirrors_path,
             git_mirrors_lock_timeout=cfg.git_mirrors_lock_timeout,
+            max_log_size=cfg.max_log_size,
         ),
         spawn=1 if cfg.acquire_job else cfg.spawn,
         lifecycle=Lifecycle(

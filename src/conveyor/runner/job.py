@@ -13,7 +13,7 @@ from typing import Protocol
 import anyio
 
 from conveyor.protocol import SignalReason
-from conveyor.runner.logstream import LogSink, LogStreamer
+from conveyor.runner.logstream import MAX_LOG_SIZE, LogSink, LogStreamer
 from conveyor.runner.process import run_process
 from conveyor.runner.redactor import DEFAULT_REDACTED_VARS, Redactor, secret_values
 
@@ -47,6 +47,8 @@ class JobRun:
     cancel_grace: float = 10.0
     redacted_vars: tuple[str, ...] = DEFAULT_REDACTED_VARS
     """Names (globs) of the variables of `env` whose values never reach the log."""
+    max_log_size: int = MAX_LOG_SIZE
+    """Bytes of log stored; past them, output is dropped (with one notice line)."""
     argv: tuple[str, ...] = ()
     """The job executor's command line, which runs hooks and then the command (read from
     `env`); empty: the command is run directly by `shell`."""
@@ -101,7 +103,10 @@ class JobRunner:
         if self._killed:
             self._kill_now.set()
         async with LogStreamer(
-            self._sink, max_chunk_size=spec.chunk_max_size, interval=spec.chunk_interval
+            self._sink,
+            max_chunk_size=spec.chunk_max_size,
+            interval=spec.chunk_interval,
+            max_log_size=spec.max_log_size,
         ) as streamer:
 
             async def emit(data: bytes) -> None:

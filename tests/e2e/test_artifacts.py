@@ -140,7 +140,7 @@ async def test_artifacts_pass_between_steps_in_conveyor_run(tmp_path: Path) -> N
     result = await conveyor("run", "--data-dir", str(data), "--agents", "2", cwd=work, timeout=110)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "use │ verified" in result.stdout
-    assert "make │ conveyor: uploaded dist/sub/small.txt (6 bytes, sha256 " in result.stdout
+    assert "make │ uploaded dist/sub/small.txt (6 bytes, sha256 " in result.stdout
     # The content is in the run's data dir, stored once per SHA-256.
     stored = [f async for f in anyio.Path(data / "artifacts" / "sha256").glob("*/*")]
     sizes = sorted([(await f.stat()).st_size for f in stored])

@@ -84,6 +84,36 @@ steps:
         assert "said [REDACTED]" in log
 
 
+HOOKED = f"""\
+steps:
+  - command: |
+      test "$$FROM_HOOK" = "set by a program"
+      echo "{SECRET}"
+"""
+# A hook that is a program, not a shell script: `conveyor env` is its way to change the env.
+PROGRAM_HOOK = f"""#!{sys.executable}
+import subprocess, sys
+run = [sys.executable, "-m", "conveyor"]
+subprocess.run([*run, "env", "set", "FROM_HOOK=set by a program"], check=True)
+subprocess.run([*run, "redactor", "add", "{SECRET}"], check=True)
+"""
+
+
+async def test_env_set_in_a_hook_reaches_the_command_in_conveyor_run(tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    hooks = work / ".conveyor" / "hooks"
+    hooks.mkdir(parents=True)
+    hook = hooks / "pre-command"
+    hook.write_text(PROGRAM_HOOK)
+    hook.chmod(0o755)
+    (work / "pipeline.yml").write_text(HOOKED)
+    result = await conveyor("run", "--agents", "1", cwd=work, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Running repository pre-command hook" in result.stdout
+    assert SECRET not in result.stdout
+    assert "[REDACTED]" in result.stdout
+
+
 async def test_outside_a_job_the_commands_say_so() -> None:
     for args in (("env", "dump"), ("redactor", "add", "whatever-value")):
         result = await conveyor(*args, env=clean_env())

@@ -444,3 +444,29 @@ async def test_an_executor_killed_from_outside_is_255(tmp_path: Path) -> None:
     # The command's parent is the executor.
     result, _ = await run_job(tmp_path, "kill -KILL $PPID", CONVEYOR_HOOKS_PATH=str(hooks))
     assert (result.exit_status, result.signal, result.signal_reason) == (255, None, None)
+
+
+async def test_pre_exit_runs_within_the_grace_when_the_command_ignores_the_signal(
+    tmp_path: Path,
+) -> None:
+    hooks = tmp_path / "hooks"
+    hook(hooks, "pre-exit", 'echo "PRE-EXIT RAN"\n')
+    command = "trap '' TERM; echo READY; sleep 300; sleep 300"
+    screen = Screen()
+    env = job_env(
+        tmp_path, command, CONVEYOR_HOOKS_PATH=str(hooks), CONVEYOR_CANCEL_GRACE_PERIOD="4"
+    )
+    run = JobRun(command=command, env=env, cwd=tmp_path, argv=EXECUTOR, cancel_grace=4)
+    runner = JobRunner(run, RecordingSink(), tee=screen)
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as tg:
+
+            async def cancel_when_ready() -> None:
+                await screen.wait_for("READY")
+                runner.cancel(SignalReason.CANCEL)
+
+            tg.start_soon(cancel_when_ready)
+            result = await runner.run()
+    assert result.exit_status == -1
+    assert "did not stop in time: killing its processes" in screen.text
+    assert "PRE-EXIT RAN" in screen.text

@@ -64,6 +64,7 @@ def executor_env(opts: WorkerOptions) -> dict[str, str]:
         "CONVEYOR_ALLOWED_PLUGINS": opts.allowed_plugins,
         "CONVEYOR_LOCAL_HOOKS_ENABLED": "true" if opts.local_hooks_enabled else "false",
         "CONVEYOR_CANCEL_SIGNAL": signal.Signals(opts.cancel_signal).name,
+        "CONVEYOR_CANCEL_GRACE_PERIOD": str(opts.cancel_grace),
         "CONVEYOR_GIT_MIRRORS_PATH": str(opts.git_mirrors_path or ""),
         "CONVEYOR_GIT_MIRRORS_LOCK_TIMEOUT": str(opts.git_mirrors_lock_timeout),
     }

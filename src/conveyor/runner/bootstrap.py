@@ -82,6 +82,7 @@ class Settings:
     artifact_paths: tuple[str, ...] = ()
     git_mirrors_path: Path | None = None
     git_mirrors_lock_timeout: float = 300.0
+    cancel_grace: float = 10.0
 
     @staticmethod
     def from_env(env: Mapping[str, str]) -> Settings:
@@ -116,6 +117,7 @@ class Settings:
             if (mirrors := env.get("CONVEYOR_GIT_MIRRORS_PATH"))
             else None,
             git_mirrors_lock_timeout=_seconds(env, "CONVEYOR_GIT_MIRRORS_LOCK_TIMEOUT", 300.0),
+            cancel_grace=_seconds(env, "CONVEYOR_CANCEL_GRACE_PERIOD", 10.0),
         )
 
 
@@ -184,6 +186,8 @@ class Executor:
         self.cancelled = False
         self.status = 0
         self.api = JobApiLink(env)
+        self.cancel_event = anyio.Event()
+        self.exiting = False  # in `pre-exit`: no longer to be cut short
 
     # --- hook lookup -----------------------------------------------------------------------
 
@@ -343,6 +347,7 @@ class Executor:
         except JobSetupError as exc:
             await note(f"error: {exc}")
             self._fail(1)
+        self.exiting = True
         try:
             self._fail(await self.phase("pre-exit", reverse=True))
         except JobSetupError as exc:
@@ -384,6 +389,7 @@ class Executor:
     def cancel(self) -> None:
         """A cancel signal arrived: the running child has it too; later phases are skipped."""
         self.cancelled = True
+        self.cancel_event.set()
         self.env["CONVEYOR_JOB_CANCELLED"] = self.env["BUILDKITE_JOB_CANCELLED"] = "true"
 
 
@@ -459,7 +465,18 @@ async def execute(env: Mapping[str, str]) -> int:
                     nonlocal status
                     status = 128 + signum
 
+        async def stop_the_job_in_time() -> None:
+            # Half the grace for the running hook or command to stop by itself, then SIGKILL
+            # for it: the other half is `pre-exit`'s, before the agent kills everything.
+            await executor.cancel_event.wait()
+            await anyio.sleep(settings.cancel_grace / 2)
+            if not executor.exiting:
+                await note("the job did not stop in time: killing its processes")
+                left = await anyio.to_thread.run_sync(descendants, {os.getpid()})
+                _signal_all(left, signal.SIGKILL)
+
         tg.start_soon(watch_signals)
+        tg.start_soon(stop_the_job_in_time)
         result = await executor.run()
         await stop_leftovers()
         tg.cancel_scope.cancel()

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from sqlalchemy import update
 
-from conveyor.errors import ConflictError
+from conveyor.errors import ConflictError, InvalidStateError, NotFoundError
 from conveyor.storage import Store
+from conveyor.storage import tables as t
 from tests.storage.builders import command_step, insert_build
 
 pytestmark = pytest.mark.anyio
@@ -76,3 +78,41 @@ async def test_chunk_index_is_in_offset_order(store: Store) -> None:
         assert await tx.chunk_index(other) == [(0, 9), (9, len(big)), (9 + len(big), 0)]
         assert await tx.read_chunks(other, [9, 9 + len(big)]) == [big, b""]
         assert await tx.insert_chunk(other, 2, 9, big) is False
+
+
+async def test_a_chunk_is_stored_only_while_its_job_is_in_a_given_state(store: Store) -> None:
+    """What the chunks route asks for: the state check and the insert are one statement."""
+    job, other = await _two_jobs(store)
+    live = ("accepted", "running", "canceling")
+
+    async def set_state(state: str) -> None:
+        async with store.transaction() as tx:
+            await tx.conn.execute(update(t.jobs).where(t.jobs.c.id == job).values(state=state))
+
+    await set_state("scheduled")
+    with pytest.raises(InvalidStateError, match="job is scheduled: it takes no more log"):
+        async with store.transaction() as tx:
+            await tx.insert_chunk(job, 1, 0, b"too early", job_states=live)
+    await set_state("running")
+    async with store.transaction() as tx:
+        # The route hands over the body's buffer as it was read: a bytearray.
+        assert await tx.insert_chunk(job, 1, 0, bytearray(b"hello"), job_states=live) is True
+        assert await tx.insert_chunk(job, 2, 5, b"world", job_states=live) is True
+        assert await tx.insert_chunk(job, 1, 0, b"hello", job_states=live) is False
+    with pytest.raises(ConflictError, match="at offset 0"):
+        async with store.transaction() as tx:
+            await tx.insert_chunk(job, 1, 0, b"HELLO", job_states=live)
+    await set_state("finished")
+    # An ended job's log is closed, to a retried chunk as to a new one.
+    for offset, data in [(0, b"hello"), (10, b"late")]:
+        with pytest.raises(InvalidStateError, match="job is finished: it takes no more log"):
+            async with store.transaction() as tx:
+                await tx.insert_chunk(job, 3, offset, data, job_states=live)
+    with pytest.raises(NotFoundError, match="no job no-such-job"):
+        async with store.transaction() as tx:
+            await tx.insert_chunk("no-such-job", 1, 0, b"x", job_states=live)
+    async with store.transaction() as tx:
+        assert await tx.chunk_index(job) == [(0, 5), (5, 5)]
+        assert await tx.read_chunks(job, [0, 5]) == [b"hello", b"world"]
+        # Without job_states the state does not matter (the other job is pending).
+        assert await tx.insert_chunk(other, 1, 0, b"any state") is True

@@ -259,26 +259,46 @@ async def upload_chunk(
     ctx = context(request)
     if size > ctx.chunk_max_size:
         raise HTTPException(413, f"chunk of {size} bytes exceeds {ctx.chunk_max_size}")
-    data = await _read_body(request, limit=size)
+    data: bytes | bytearray
     if request.headers.get("content-encoding", "").lower() == "gzip":
-        data = _gunzip(data, limit=size)
-    if len(data) != size:
-        raise HTTPException(400, f"size says {size} bytes but the body has {len(data)}")
+        data = _gunzip(await _read_gzipped(request, limit=size), limit=size)
+        if len(data) != size:
+            raise HTTPException(400, f"size says {size} bytes but the body has {len(data)}")
+    else:
+        data = await _read_body(request, size=size)
     async with ctx.store.transaction() as tx:
-        job = await tx.get_job(job_id)
-        if job.state not in _LIVE_JOB_STATES:
-            raise HTTPException(409, f"job is {job.state}: it takes no more log")
         try:
-            stored = await tx.insert_chunk(job_id, sequence, offset, data)
-        except ConflictError as exc:
+            # One statement for a chunk of a live job; the job is read only when nothing
+            # was stored (a retry, a conflict, a job that has ended).
+            stored = await tx.insert_chunk(
+                job_id, sequence, offset, data, job_states=_LIVE_JOB_STATES
+            )
+        except (ConflictError, InvalidStateError) as exc:
             raise HTTPException(409, str(exc)) from None
         if stored:
             await tx.add_log_size(job_id, size)
     return p.ChunkAck(sequence=sequence, offset=offset, size=size, stored=stored)
 
 
-async def _read_body(request: Request, *, limit: int) -> bytes:
-    """The body, refused as soon as it grows past what `size` promised (plus gzip's overhead)."""
+async def _read_body(request: Request, *, size: int) -> bytearray:
+    """The body, read into one buffer of the `size` it promised: no copies of a chunk in
+    memory but this one, and a body that does not match `size` is refused."""
+    body = bytearray(size)
+    with memoryview(body) as view:
+        n = 0
+        async for piece in request.stream():
+            end = n + len(piece)
+            if end > size:
+                raise HTTPException(400, f"body is larger than the {size} bytes its size says")
+            view[n:end] = piece
+            n = end
+    if n != size:
+        raise HTTPException(400, f"size says {size} bytes but the body has {n}")
+    return body
+
+
+async def _read_gzipped(request: Request, *, limit: int) -> bytes:
+    """A gzipped body, refused as soon as it grows past `limit` plus gzip's overhead."""
     cap = limit + 1024 + limit // 100
     body = bytearray()
     async for piece in request.stream():

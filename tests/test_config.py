@@ -574,3 +574,10 @@ def test_env_var_names_are_exactly_what_the_loader_reads() -> None:
             env_prefixes=("CONVEYOR_", "X_"),
         )
         assert set(loaded.sources.values()) - {"default"} == {f"env {var}"}
+
+
+def test_paths_are_made_absolute() -> None:
+    cfg = AgentSettings(build_path=Path("rel/builds"), hooks_path=Path("~/hooks"))
+    assert cfg.build_path == Path.cwd() / "rel" / "builds"
+    assert cfg.hooks_path == Path("~/hooks").expanduser()
+    assert cfg.hooks_path.is_absolute()

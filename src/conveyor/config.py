@@ -60,8 +60,9 @@ def _http_url(value: str) -> str:
 
 
 HttpURL = Annotated[str, AfterValidator(_http_url)]
-# Paths are expanded once, here, so that nothing downstream sees a literal "~".
-ExpandedPath = Annotated[Path, AfterValidator(Path.expanduser)]
+# Paths are expanded and made absolute once, here, so that nothing downstream sees a literal
+# "~", and a job (which runs elsewhere) finds the same place as the command that was given it.
+ExpandedPath = Annotated[Path, AfterValidator(lambda p: p.expanduser().absolute())]
 
 
 class AgentSettings(BaseModel):
@@ -91,8 +92,13 @@ class AgentSettings(BaseModel):
     no_local_hooks: bool = False
     cancel_signal: str = "SIGTERM"
     git_mirrors_path: ExpandedPath | None = None
-    git_mirrors_lock_timeout: int = Field(default=300, ge=0)
+    git_mirrors_lock_timeout: int = Field(default=300, gt=0)
     max_log_size: int = Field(default=1024**3, ge=1024)
+    # Globs of variable names whose values are redacted from job logs.
+    redacted_vars: str = (
+        "*_PASSWORD,*_SECRET,*_TOKEN,*_PRIVATE_KEY,*_SSH_KEY,*_ACCESS_KEY,*_SECRET_KEY,"
+        "*_API_KEY,*_CONNECTION_STRING"
+    )
     shutdown_hook: ExpandedPath | None = None
     health_check_addr: str | None = None
     # Machine-scope locks (`conveyor lock`); None: $TMPDIR/conveyor-locks-<uid>.

@@ -50,6 +50,10 @@ async def request(socket_path: str, message: Mapping[str, object]) -> object:
         await stream.send(encode(message))
         try:
             line = await BufferedByteReceiveStream(stream).receive_until(b"\n", MAX_MESSAGE)
+        except anyio.DelimiterNotFound:
+            raise ConveyorError(
+                f"the agent's answer is longer than {MAX_MESSAGE // 1024 // 1024} MiB"
+            ) from None
         except (anyio.IncompleteRead, anyio.EndOfStream, anyio.BrokenResourceError):
             raise ConveyorError(
                 "the agent's job services closed the connection without an answer "

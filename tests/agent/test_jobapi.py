@@ -25,6 +25,8 @@ def test_set_unset_get_and_sync() -> None:
         ({"op": "env.set", "env": {"A": 1}}, "'env' must be an object"),
         ({"op": "env.unset", "names": "A"}, "'names' must be a list"),
         ({"op": "redact", "value": ""}, "'value' must be a non-empty string"),
+        ({"op": "env.set", "env": {"OK": "1", "CONVEYOR_JOB_ID": "x"}}, "cannot be changed"),
+        ({"op": "redact", "value": "x" * (64 * 1024 + 1)}, "at most 64 KiB"),
         ({"op": "redact", "value": "long-enough"}, "not being read any more"),
     ],
 )
@@ -46,3 +48,16 @@ def test_redact_reports_whether_the_value_was_taken() -> None:
     assert perform(state, {"op": "redact", "value": "a-long-secret"}) is True
     assert perform(state, {"op": "redact", "value": "abc"}) is False
     assert taken == ["a-long-secret", "abc"]
+
+
+def test_sync_redacts_new_secret_values_only() -> None:
+    taken: list[str] = []
+
+    def redact(value: str) -> bool:
+        taken.append(value)
+        return True
+
+    state = JobState({"OLD_TOKEN": "already-known"}, redact)
+    env = {"OLD_TOKEN": "already-known", "NEW_PASSWORD": "hunter2-long", "PLAIN": "not-secret"}
+    perform(state, {"op": "env.sync", "env": env})
+    assert taken == ["hunter2-long"]

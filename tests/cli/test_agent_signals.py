@@ -131,7 +131,8 @@ async def test_sigquit_kills_running_jobs_at_once(tmp_path: Path, how: str) -> N
             s.agent.process.send_signal(signal.SIGTERM)
         with anyio.fail_after(60):
             assert await s.agent.process.wait() == 1
-        assert anyio.current_time() - started < 300
+        # SIGKILL at once, not after the 300 s grace.
+        assert anyio.current_time() - started < 20
         job = await job_of(s.api)
         assert (job["exit_status"], job["signal"], job["signal_reason"]) == (
             -1,

@@ -65,3 +65,19 @@ async def test_a_missing_job_file(tmp_path: Path) -> None:
     result = await conveyor("bootstrap", "--job", str(tmp_path / "nope.json"))
     assert result.returncode == 2
     assert "cannot read job file" in result.stderr
+
+
+async def test_a_job_with_a_repository_never_empties_a_directory_it_was_not_given(
+    tmp_path: Path,
+) -> None:
+    job = tmp_path / "job.json"
+    job.write_text(json.dumps({"command": "true", "repository": str(tmp_path / "repo")}))
+    precious = tmp_path / "precious.txt"
+    precious.write_text("keep me")
+    result = await conveyor("bootstrap", "--job", str(job), cwd=tmp_path)
+    assert result.returncode == 2
+    assert "give --dir" in result.stderr
+    result = await conveyor("bootstrap", "--job", str(job), "--dir", str(tmp_path))
+    assert result.returncode == 2
+    assert "is not empty and not a git checkout" in result.stderr
+    assert precious.read_text() == "keep me"

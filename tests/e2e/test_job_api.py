@@ -114,6 +114,23 @@ async def test_env_set_in_a_hook_reaches_the_command_in_conveyor_run(tmp_path: P
     assert "[REDACTED]" in result.stdout
 
 
+async def test_a_secret_exported_by_a_hook_is_redacted(database_url: str, tmp_path: Path) -> None:
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    (hooks / "environment").write_text("export DEPLOY_API_KEY=from-the-vault-31337\n")
+    pipeline = 'steps:\n  - command: echo "key is $$DEPLOY_API_KEY"\n'
+    async with (
+        running_server(database_url, tmp_path / "server") as handle,
+        running_agents(handle, tmp_path / "builds", spawn=1, hooks_path=hooks),
+        Api(handle) as api,
+    ):
+        build = await api.wait_build(await api.create_build(pipeline))
+        log = (await api.log(build.jobs[0].id)).decode()
+        assert build.state == p.BuildState.PASSED, log
+        assert "key is [REDACTED]" in log
+        assert "from-the-vault" not in log
+
+
 async def test_outside_a_job_the_commands_say_so() -> None:
     for args in (("env", "dump"), ("redactor", "add", "whatever-value")):
         result = await conveyor(*args, env=clean_env())

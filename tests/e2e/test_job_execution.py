@@ -82,13 +82,18 @@ steps:
         assert git(agent_dir / "app", "rev-parse", "HEAD") == sha
 
 
-async def test_pre_bootstrap_hook_refuses_a_job(database_url: str, tmp_path: Path) -> None:
+async def test_pre_bootstrap_hook_refuses_a_job(
+    database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Something only the agent's environment holds: the hook must not see it.
+    monkeypatch.setenv("AGENT_ONLY_SETTING", "agent-private")
     hooks = tmp_path / "agent-hooks"
     hooks.mkdir()
     hook = hooks / "pre-bootstrap"
     hook.write_text(
         "#!/bin/sh\n"
         f'cp "$CONVEYOR_JOB_ENV_FILE" {tmp_path}/seen-$CONVEYOR_JOB_ID.json\n'
+        f"env > {tmp_path}/hook-env-$CONVEYOR_JOB_ID.txt\n"
         'test "$(cat "$CONVEYOR_JOB_ENV_FILE" | grep -c REFUSE_ME)" = 0\n'
     )
     hook.chmod(0o755)
@@ -121,6 +126,9 @@ steps:
         assert seen["REFUSE_ME"] == "1"
         assert seen["CONVEYOR_LABEL"] == "refused"
         assert (tmp_path / f"seen-{allowed.id}.json").exists()
+        hook_env = (tmp_path / f"hook-env-{refused.id}.txt").read_text()
+        assert "AGENT_ONLY_SETTING" not in hook_env
+        assert f"CONVEYOR_JOB_ID={refused.id}" in hook_env
 
 
 async def test_agent_max_log_size_cuts_the_stored_log(database_url: str, tmp_path: Path) -> None:

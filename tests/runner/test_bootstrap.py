@@ -394,6 +394,9 @@ async def test_a_killed_command_reports_128_plus_the_signal(tmp_path: Path) -> N
     hook(hooks, "pre-exit", "true\n")
     result, _ = await run_job(tmp_path, "sh -c 'kill -KILL $$'", CONVEYOR_HOOKS_PATH=str(hooks))
     assert result.exit_status == 128 + signal.SIGKILL
+    # The command's shell itself killed: the executor reports it the same way.
+    result, _ = await run_job(tmp_path, "kill -KILL $$", CONVEYOR_HOOKS_PATH=str(hooks))
+    assert result.exit_status == 128 + signal.SIGKILL
 
 
 async def test_checkout_through_a_git_mirror(tmp_path: Path) -> None:
@@ -470,3 +473,170 @@ async def test_pre_exit_runs_within_the_grace_when_the_command_ignores_the_signa
     assert result.exit_status == -1
     assert "did not stop in time: killing its processes" in screen.text
     assert "PRE-EXIT RAN" in screen.text
+
+
+async def cancel_after(
+    tmp_path: Path, command: str, ready: str, *, grace: float = 4, **extra: str
+) -> tuple[JobResult, str]:
+    """Run `command` under the executor; cancel it once `ready` is shown."""
+    screen = Screen()
+    env = job_env(tmp_path, command, CONVEYOR_CANCEL_GRACE_PERIOD=str(grace), **extra)
+    signum = signal.Signals[extra.get("CONVEYOR_CANCEL_SIGNAL", "SIGTERM")]
+    run = JobRun(
+        command=command, env=env, cwd=tmp_path, argv=EXECUTOR, cancel_grace=grace,
+        cancel_signal=signum,
+    )  # fmt: skip
+    runner = JobRunner(run, RecordingSink(), tee=screen)
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as tg:
+
+            async def cancel_when_ready() -> None:
+                await screen.wait_for(ready)
+                runner.cancel(SignalReason.CANCEL)
+
+            tg.start_soon(cancel_when_ready)
+            result = await runner.run()
+    return result, screen.text
+
+
+@pytest.mark.parametrize("cancel_signal", ["SIGUSR1", "SIGQUIT", "SIGINT"])
+async def test_any_catchable_cancel_signal_still_runs_pre_exit(
+    tmp_path: Path, cancel_signal: str
+) -> None:
+    hooks = tmp_path / "hooks"
+    hook(hooks, "pre-exit", "echo PRE-EXIT RAN\n")
+    result, text = await cancel_after(
+        tmp_path, "echo READY; sleep 300", "READY",
+        CONVEYOR_HOOKS_PATH=str(hooks), CONVEYOR_CANCEL_SIGNAL=cancel_signal,
+    )  # fmt: skip
+    assert (result.exit_status, result.signal) == (-1, cancel_signal)
+    assert "PRE-EXIT RAN" in text
+
+
+async def test_a_cancel_stops_a_checkout_between_attempts(tmp_path: Path) -> None:
+    """A git that hangs (as over a dead network): the cancel ends the checkout, with no
+    second attempt, and pre-exit runs."""
+    fake_bin = tmp_path / "bin"
+    hook(fake_bin, "git", "#!/bin/sh\necho GIT-CALLED\nexec sleep 300\n", executable=True)
+    hooks = tmp_path / "hooks"
+    hook(hooks, "pre-exit", "echo PRE-EXIT RAN\n")
+    path = f"{fake_bin}:{os.environ.get('PATH', '/usr/bin:/bin')}"
+    result, text = await cancel_after(
+        tmp_path, "true", "GIT-CALLED", CONVEYOR_REPO="https://example.invalid/repo.git",
+        CONVEYOR_HOOKS_PATH=str(hooks), PATH=path,
+    )  # fmt: skip
+    assert result.exit_status == -1
+    assert text.count("GIT-CALLED") == 1
+    assert "attempt 2" not in text
+    assert "PRE-EXIT RAN" in text
+
+
+async def test_a_daemon_started_during_the_grace_does_not_survive(tmp_path: Path) -> None:
+    pidfile = tmp_path / "late.pid"
+    hooks = tmp_path / "hooks"
+    # pre-exit (which runs in the grace) starts a daemon that leaves everything behind, then
+    # hangs until the agent's SIGKILL.
+    hook(
+        hooks,
+        "pre-exit",
+        f"(env -i setsid sh -c 'echo $$ > {pidfile}; exec sleep 300' &)\n"
+        f"while [ ! -s {pidfile} ]; do sleep 0.01; done\nsleep 300\n",
+    )
+    result, _ = await cancel_after(
+        tmp_path, "echo READY; sleep 300", "READY", grace=2, CONVEYOR_HOOKS_PATH=str(hooks)
+    )
+    daemon = int(pidfile.read_text())
+    try:
+        assert result.exit_status == -1
+        await wait_gone(daemon)
+    finally:
+        kill_quietly(daemon)
+
+
+async def test_a_hook_with_its_own_exit_trap(tmp_path: Path) -> None:
+    hooks = tmp_path / "hooks"
+    hook(hooks, "environment", "trap 'echo CLEANUP' EXIT\nexport FROM_TRAPPY=yes\n")
+    result, text = await run_job(
+        tmp_path, 'echo "SEEN $FROM_TRAPPY"', CONVEYOR_HOOKS_PATH=str(hooks)
+    )
+    assert result.exit_status == 0, text
+    assert "CLEANUP" in text and "SEEN yes" in text
+
+
+async def test_a_compiled_hook_runs_as_a_program(tmp_path: Path) -> None:
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    true = Path("/bin/true") if Path("/bin/true").exists() else Path("/usr/bin/true")
+    (hooks / "pre-command").write_bytes(true.read_bytes())
+    (hooks / "pre-command").chmod(0o755)
+    result, text = await run_job(tmp_path, "echo COMMAND", CONVEYOR_HOOKS_PATH=str(hooks))
+    assert result.exit_status == 0, text
+    assert "COMMAND" in text
+
+
+async def test_local_hooks_off_still_runs_the_agents_pre_exit(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    make_repo(repo, {".conveyor/hooks/pre-command": "echo REPO HOOK\n"})
+    hooks = tmp_path / "hooks"
+    hook(hooks, "pre-exit", "echo AGENT PRE-EXIT\n")
+    result, text = await run_job(
+        tmp_path, "true", CONVEYOR_REPO=str(repo), CONVEYOR_LOCAL_HOOKS_ENABLED="false",
+        CONVEYOR_HOOKS_PATH=str(hooks),
+    )  # fmt: skip
+    assert result.exit_status == 1
+    assert text.count("local hooks are off") == 1
+    assert "AGENT PRE-EXIT" in text and "REPO HOOK" not in text
+
+
+async def test_a_repository_hook_linking_outside_the_checkout_is_not_run(tmp_path: Path) -> None:
+    outside = tmp_path / "outside.sh"
+    outside.write_text("echo OUTSIDE RAN\n")
+    repo = tmp_path / "repo"
+    make_repo(repo, {"README": "x\n"})
+    (repo / ".conveyor" / "hooks").mkdir(parents=True)
+    (repo / ".conveyor" / "hooks" / "pre-command").symlink_to(outside)
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "link")
+    result, text = await run_job(tmp_path, "echo COMMAND", CONVEYOR_REPO=str(repo))
+    assert result.exit_status == 0, text
+    assert "OUTSIDE RAN" not in text and "COMMAND" in text
+
+
+async def test_a_missing_shell_is_one_line_and_pre_exit_runs(tmp_path: Path) -> None:
+    hooks = tmp_path / "hooks"
+    hook(hooks, "pre-exit", "echo PRE-EXIT RAN\n")
+    result, text = await run_job(
+        tmp_path, "true", CONVEYOR_SHELL="/no/such/shell -c", CONVEYOR_HOOKS_PATH=str(hooks)
+    )
+    assert result.exit_status == 1
+    assert "conveyor: error: No such file or directory" in text
+    assert "Traceback" not in text
+
+
+async def test_a_vendored_plugin_in_the_repository(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    make_repo(
+        repo,
+        {
+            "tools/greet/hooks/environment": 'export GREETING="$CONVEYOR_PLUGIN_GREET_WORD"\n',
+            "tools/greet/hooks/post-command": 'echo "VENDORED POST $GREETING"\n',
+        },
+    )
+    plugins = [{"source": "./tools/greet", "config": {"word": "hej"}}]
+    result, text = await run_job(
+        tmp_path, 'echo "COMMAND $GREETING"', CONVEYOR_REPO=str(repo),
+        CONVEYOR_PLUGINS=json.dumps(plugins),
+    )  # fmt: skip
+    assert result.exit_status == 0, text
+    assert "COMMAND hej" in text and "VENDORED POST hej" in text
+
+
+async def test_credentials_in_a_repository_url_stay_out_of_the_log(tmp_path: Path) -> None:
+    url = "https://ci-user:s3cr3t-t0ken@127.0.0.1:9/app.git"
+    result, text = await run_job(
+        tmp_path, "true", CONVEYOR_REPO=url, CONVEYOR_GIT_MIRRORS_PATH=str(tmp_path / "m")
+    )
+    assert result.exit_status != 0
+    assert "s3cr3t-t0ken" not in text and "ci-user" not in text
+    assert "https://127.0.0.1:9/app.git" in text
+    assert not any("t0ken" in p.name for p in (tmp_path / "m").iterdir())

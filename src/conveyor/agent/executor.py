@@ -48,7 +48,8 @@ async def pre_bootstrap(opts: WorkerOptions, job_id: str, server_env: Mapping[st
         await env_file.write_text(json.dumps(dict(server_env)))
         facts = {"CONVEYOR_JOB_ID": job_id, "CONVEYOR_JOB_ENV_FILE": str(env_file)}
         facts |= {"BUILDKITE_JOB_ID": job_id, "BUILDKITE_ENV_JSON_FILE": str(env_file)}
-        return await run_hook(hook, env=facts)
+        # Not the agent's environment (its registration token may be in it): the facts only.
+        return await run_hook(hook, env=facts, inherit=False)
     finally:
         await anyio.to_thread.run_sync(functools.partial(shutil.rmtree, tmp, ignore_errors=True))
 
@@ -65,6 +66,7 @@ def executor_env(opts: WorkerOptions) -> dict[str, str]:
         "CONVEYOR_LOCAL_HOOKS_ENABLED": "true" if opts.local_hooks_enabled else "false",
         "CONVEYOR_CANCEL_SIGNAL": signal.Signals(opts.cancel_signal).name,
         "CONVEYOR_CANCEL_GRACE_PERIOD": str(opts.cancel_grace),
+        "CONVEYOR_REDACTED_VARS": ",".join(opts.redacted_vars),
         "CONVEYOR_GIT_MIRRORS_PATH": str(opts.git_mirrors_path or ""),
         "CONVEYOR_GIT_MIRRORS_LOCK_TIMEOUT": str(opts.git_mirrors_lock_timeout),
     }

@@ -37,14 +37,19 @@ async def find_hook(hooks_path: Path | None, name: str) -> Path | None:
     return path if await anyio.Path(path).is_file() else None
 
 
-async def run_hook(path: Path, *, env: dict[str, str], args: list[str] | None = None) -> int:
-    """Run one hook to its end (at most HOOK_TIMEOUT_S); returns its exit status."""
+async def run_hook(
+    path: Path, *, env: dict[str, str], args: list[str] | None = None, inherit: bool = True
+) -> int:
+    """Run one hook to its end (at most HOOK_TIMEOUT_S); returns its exit status. Without
+    `inherit`, it gets `env` and PATH/HOME only, not the agent's environment."""
     if not await anyio.to_thread.run_sync(os.access, path, os.X_OK):
         log.error("hook %s is not executable", path)
         return 126
     with anyio.move_on_after(HOOK_TIMEOUT_S) as scope:
         done = await anyio.run_process(
-            [str(path), *(args or [])], env={**os.environ, **env}, check=False
+            [str(path), *(args or [])],
+            env={**(os.environ if inherit else _minimal()), **env},
+            check=False,
         )
     if scope.cancelled_caught:
         log.error("hook %s did not finish within %ss", path, HOOK_TIMEOUT_S)
@@ -55,3 +60,7 @@ async def run_hook(path: Path, *, env: dict[str, str], args: list[str] | None = 
     if done.returncode != 0:
         log.error("hook %s exited with %s", path, done.returncode)
     return done.returncode
+
+
+def _minimal() -> dict[str, str]:
+    return {k: os.environ[k] for k in ("PATH", "HOME", "LANG", "TMPDIR") if k in os.environ}

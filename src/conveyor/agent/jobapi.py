@@ -19,10 +19,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from conveyor.runner.hooks import PROTECTED
+from conveyor.runner.redactor import DEFAULT_REDACTED_VARS, secret_values
 
 OPS = frozenset({"env.get", "env.set", "env.unset", "env.sync", "redact"})
 # Names a shell can export: anything else would be dropped by the next hook anyway.
 _MAX_NAME = 1024
+# A secret is a token or a key, not a file: a bigger needle would cost the redactor (and the
+# agent's event loop, where it compiles) far more than it could be worth.
+MAX_SECRET = 64 * 1024
 
 
 class JobApiError(Exception):
@@ -36,6 +40,7 @@ Redact = Callable[[str], bool]
 class JobState:
     env: dict[str, str] = field(default_factory=dict)
     redact: Redact | None = None
+    redacted_vars: tuple[str, ...] = DEFAULT_REDACTED_VARS
 
 
 def _names(value: object, what: str) -> list[str]:
@@ -67,7 +72,13 @@ def perform(state: JobState, request: Mapping[str, object]) -> object:
     if op == "env.get":
         return dict(state.env)
     if op == "env.sync":
-        state.env = dict(_env(request.get("env")))
+        new = dict(_env(request.get("env")))
+        # A hook that exported a secret (fetched it from a vault, say): redacted from then on.
+        old = secret_values(state.env, state.redacted_vars)
+        for name, secret in sorted(secret_values(new, state.redacted_vars).items()):
+            if old.get(name) != secret and state.redact is not None and len(secret) <= MAX_SECRET:
+                state.redact(secret)
+        state.env = new
         return None
     if op == "env.set":
         changes = _env(request.get("env"))
@@ -83,6 +94,8 @@ def perform(state: JobState, request: Mapping[str, object]) -> object:
     value = request.get("value")
     if not isinstance(value, str) or not value:
         raise JobApiError("'value' must be a non-empty string")
+    if len(value.encode()) > MAX_SECRET:
+        raise JobApiError(f"a value to redact may be at most {MAX_SECRET // 1024} KiB")
     if state.redact is None:
         raise JobApiError("this job's output is not being read any more")
     return state.redact(value)

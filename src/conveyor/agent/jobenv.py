@@ -42,9 +42,8 @@ job_lock_env: ContextVar[Callable[[], Mapping[str, str]] | None] = ContextVar(
 )
 # Likewise, how a worker hands its job's env and redactor to the job API (`jobapi`) once the
 # job is about to run.
-job_api_attach: ContextVar[Callable[[Mapping[str, str], Callable[[str], bool]], None] | None] = (
-    ContextVar("job_api_attach", default=None)
-)
+JobApiAttach = Callable[[Mapping[str, str], Callable[[str], bool], tuple[str, ...]], None]
+job_api_attach: ContextVar[JobApiAttach | None] = ContextVar("job_api_attach", default=None)
 
 
 def without_settings(env: Mapping[str, str]) -> dict[str, str]:

@@ -193,11 +193,18 @@ class LockService:
         self._table.open(owner)
         return {SOCKET_ENV: str(self.socket_path), TOKEN_ENV: token}
 
-    def attach(self, worker: Hashable, env: Mapping[str, str], redact: Redact) -> None:
-        """The job on `worker` is about to run with `env`; `redact` adds to its redactor."""
+    def attach(
+        self,
+        worker: Hashable,
+        env: Mapping[str, str],
+        redact: Redact,
+        redacted_vars: tuple[str, ...],
+    ) -> None:
+        """The job on `worker` is about to run with `env`; `redact` adds to its redactor the
+        values of variables that match `redacted_vars` as they appear."""
         job = self._jobs.get(worker)
         if job is not None:
-            self._states[job[0]] = JobState(dict(env), redact)
+            self._states[job[0]] = JobState(dict(env), redact, redacted_vars)
 
     def close_job(self, worker: Hashable) -> None:
         """The job on `worker` has ended: its token stops working, its keys are let go."""

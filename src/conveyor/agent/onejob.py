@@ -19,10 +19,12 @@ import anyio
 import anyio.to_thread
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from conveyor import jobsocket
 from conveyor.agent.executor import EXECUTOR, executor_env
 from conveyor.agent.jobenv import without_settings
 from conveyor.agent.worker import WorkerOptions
 from conveyor.errors import ConfigError
+from conveyor.pipeline.plugins import full_source
 from conveyor.protocol import SignalReason
 from conveyor.runner.job import JobResult, JobRun, JobRunner
 
@@ -89,6 +91,25 @@ def _append(path: Path, data: bytes) -> None:
         f.write(data)
 
 
+def check_checkout_dir(job: JobFile, workdir: Path | None) -> None:
+    """A job with a repository empties its directory (`git clean`, or removal when it is not
+    a clone): only a directory named for it, and empty or a clone already, will do."""
+    if not job.repository:
+        return
+    if workdir is None:
+        raise ConfigError(
+            "this job checks out a repository: give --dir, a directory for the checkout "
+            "(it is emptied of everything git does not track)",
+            key="dir",
+        )
+    if workdir.is_dir() and any(workdir.iterdir()) and not (workdir / ".git").is_dir():
+        raise ConfigError(
+            f"--dir {workdir} is not empty and not a git checkout: the checkout would remove "
+            "what is in it; give an empty or new directory",
+            key="dir",
+        )
+
+
 async def run_job_file(job: JobFile, opts: WorkerOptions, *, log_file: Path | None) -> JobResult:
     workdir = opts.workdir or Path.cwd()
     job_id = f"local-{uuid.uuid4()}"
@@ -101,11 +122,16 @@ async def run_job_file(job: JobFile, opts: WorkerOptions, *, log_file: Path | No
         "CONVEYOR_REPO": job.repository,
         "CONVEYOR_COMMIT": job.commit,
         "CONVEYOR_BRANCH": job.branch,
-        "CONVEYOR_PLUGINS": json.dumps([p.model_dump() for p in job.plugins]),
+        "CONVEYOR_PLUGINS": json.dumps(
+            [{"source": full_source(p.source), "config": p.config} for p in job.plugins]
+        ),
         "CONVEYOR_BUILD_CHECKOUT_PATH": str(workdir),
         "CONVEYOR_PTY": "true" if opts.use_pty else "false",
     }
     env = {**without_settings(os.environ), **job.env, **facts, **executor_env(opts)}
+    # Run inside another job, this one is a job of its own: not the outer job's API.
+    env.pop(jobsocket.SOCKET_ENV, None)
+    env.pop(jobsocket.TOKEN_ENV, None)
     if log_file is not None:
         await anyio.Path(log_file).write_bytes(b"")
     run = JobRun(

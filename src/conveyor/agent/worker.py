@@ -33,6 +33,7 @@ from conveyor.client import AgentClient, JobClient
 from conveyor.errors import APIError, JobGoneError
 from conveyor.protocol import PingMode
 from conveyor.runner.job import JobRun, JobRunner, OutputTee
+from conveyor.runner.redactor import DEFAULT_REDACTED_VARS
 
 log = logging.getLogger("conveyor.agent")
 
@@ -70,6 +71,7 @@ class WorkerOptions:
     git_mirrors_path: Path | None = None
     git_mirrors_lock_timeout: int = 300
     max_log_size: int = 1024**3
+    redacted_vars: tuple[str, ...] = DEFAULT_REDACTED_VARS
 
 
 def worker_name(template: str, index: int) -> str:
@@ -312,6 +314,7 @@ class AgentWorker:
             cancel_signal=opts.cancel_signal,
             # The smaller of the server's limit and this agent's.
             max_log_size=min(spec.log_max_size_bytes, opts.max_log_size),
+            redacted_vars=opts.redacted_vars,
             argv=await executor_argv(opts, env, workdir),
         )
         tee = self._tee(spec) if self._tee is not None else None
@@ -319,7 +322,11 @@ class AgentWorker:
             run, _JobSink(job, lambda: runner.cancel(p.SignalReason.CANCEL)), tee=tee
         )
         if (attach := job_api_attach.get()) is not None:
-            attach(env, functools.partial(runner.redactor.add, name=_REDACTOR_ADD))
+            attach(
+                env,
+                functools.partial(runner.redactor.add, name=_REDACTOR_ADD),
+                opts.redacted_vars,
+            )
         if self._pending_cancel is not None:
             runner.cancel(self._pending_cancel)
         log.info("%s: running job %s (%s)", self.name, spec.id, spec.label)

@@ -113,6 +113,12 @@ def agent() -> None:
     "notice line in the log.  [default: 1073741824 (1 GiB)]",
 )
 @click.option(
+    "--redacted-vars",
+    help="Comma-separated globs of variable names whose values are kept out of job logs.  "
+    "[default: *_PASSWORD,*_SECRET,*_TOKEN,*_PRIVATE_KEY,*_SSH_KEY,*_ACCESS_KEY,*_SECRET_KEY,"
+    "*_API_KEY,*_CONNECTION_STRING]",
+)
+@click.option(
     "--cancel-signal",
     help="Signal a canceled job's process group gets first (SIGKILL follows after the grace "
     "period).  [default: SIGTERM]",
@@ -194,6 +200,7 @@ async def _start(cfg: AgentSettings) -> None:
             git_mirrors_path=cfg.git_mirrors_path,
             git_mirrors_lock_timeout=cfg.git_mirrors_lock_timeout,
             max_log_size=cfg.max_log_size,
+            redacted_vars=tuple(p.strip() for p in cfg.redacted_vars.split(",") if p.strip()),
         ),
         spawn=1 if cfg.acquire_job else cfg.spawn,
         lifecycle=Lifecycle(

@@ -76,10 +76,11 @@ def bootstrap(
 
         main()
         return
-    from conveyor.agent.onejob import read_job_file, run_job_file
+    from conveyor.agent.onejob import check_checkout_dir, read_job_file, run_job_file
     from conveyor.agent.worker import WorkerOptions
 
     job = read_job_file(job_file)
+    check_checkout_dir(job, workdir.absolute() if workdir else None)
     opts = WorkerOptions(
         endpoint="",
         registration_token="",

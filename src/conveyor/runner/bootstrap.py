@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
 import os
 import re
 import shlex
@@ -43,6 +44,16 @@ from conveyor.runner.plugins import PluginRef
 from conveyor.runner.process import descendants
 
 _PR_SET_CHILD_SUBREAPER = 36
+# Any of these cancels the job: whichever `--cancel-signal` the agent sends (SIGKILL aside,
+# which nothing can catch) reaches the executor with the rest of the job's process group.
+CANCEL_SIGNALS = (
+    signal.SIGTERM,
+    signal.SIGINT,
+    signal.SIGHUP,
+    signal.SIGQUIT,
+    signal.SIGUSR1,
+    signal.SIGUSR2,
+)
 # Leftovers get this long between SIGTERM and SIGKILL once the job is over.
 LEFTOVER_GRACE_S = 2.0
 
@@ -187,6 +198,7 @@ class Executor:
         self.status = 0
         self.api = JobApiLink(env)
         self.cancel_event = anyio.Event()
+        self._phases_scope = anyio.CancelScope()
         self.exiting = False  # in `pre-exit`: no longer to be cut short
 
     # --- hook lookup -----------------------------------------------------------------------
@@ -198,11 +210,10 @@ class Executor:
     def _repository_hooks(self, phase: str) -> list[Hook]:
         if not self.checked_out:
             return []
+        if not self.settings.local_hooks_enabled:
+            return []  # and `do_checkout` refused a repository that has some
         dirs = hooks.repository_hook_dirs(self.settings.checkout_path)
-        if dirs and not self.settings.local_hooks_enabled:
-            names = ", ".join(str(d) for d in dirs)
-            raise JobSetupError(f"the repository has hooks ({names}) but local hooks are off")
-        found = (hooks.find(d, phase, "repository") for d in dirs)
+        found = (hooks.find(d, phase, "repository", confine=d) for d in dirs)
         return [h for h in found if h is not None][:1]
 
     def _plugin_hooks(self, phase: str) -> list[Hook]:
@@ -264,19 +275,56 @@ class Executor:
                 raise JobSetupError(
                     f"plugin {plugin.source} is not allowed on this agent (allowed: {pattern!r})"
                 )
-        await say("~~~ Setting up plugins")
-        for plugin in wanted:
+        fetched = [p for p in wanted if not p.vendored]
+        if fetched:
+            await say("~~~ Setting up plugins")
+        for plugin in fetched:
             path = await plugins.fetch(plugin, self.settings.plugins_path, env=self.env, say=note)
             self.plugin_dirs.append((plugin, path))
             self.env.update(plugin.env)
 
+    async def vendored_plugins(self) -> int:
+        """Plugins kept in the repository (a relative path): found once it is checked out;
+        their `environment` hooks run then."""
+        vendored = [p for p in self.settings.plugins if p.vendored]
+        found: list[Hook] = []
+        root = self.settings.checkout_path.resolve()
+        for plugin in vendored:
+            path = (self.settings.checkout_path / plugin.location).resolve()
+            if not path.is_relative_to(root) or not path.is_dir():
+                raise JobSetupError(
+                    f"plugin {plugin.source}: no directory {plugin.location} in the checkout"
+                )
+            self.plugin_dirs.append((plugin, path))
+            self.env.update(plugin.env)
+            hook = hooks.find(path / "hooks", "environment", f"plugin {plugin.name}")
+            if hook is not None:
+                found.append(hook)
+        return await self.run_hooks(found)
+
+    def refresh(self) -> None:
+        """What hooks may change of the job (repository, commit, branch, command, checkout
+        path, artifact paths) is read again from the env before the step that uses it."""
+        again = Settings.from_env(self.env)
+        self.settings = dataclasses.replace(
+            self.settings,
+            command=again.command,
+            checkout_path=again.checkout_path,
+            repository=again.repository,
+            commit=again.commit,
+            branch=again.branch,
+            artifact_paths=again.artifact_paths,
+        )
+
     async def do_checkout(self) -> int:
+        self.refresh()
         plugin_checkout = self._plugin_hooks("checkout")[:1]
         hook = plugin_checkout or self._agent_hooks("checkout")[:1]
         if hook:
             status = await self.run_hooks(hook)
         elif self.settings.repository:
-            await say(f"~~~ Checking out {self.settings.repository}")
+            shown = plugins.without_credentials(self.settings.repository)
+            await say(f"~~~ Checking out {shown}")
             source = checkout.Source(
                 self.settings.repository, self.settings.commit, self.settings.branch
             )
@@ -297,12 +345,14 @@ class Executor:
         if status == 0:
             self.checked_out = True
             self.cwd = self.settings.checkout_path
-        else:
-            # A failed checkout removed the directory; `pre-exit` still runs there.
-            await anyio.Path(self.settings.checkout_path).mkdir(parents=True, exist_ok=True)
+            dirs = hooks.repository_hook_dirs(self.settings.checkout_path)
+            if dirs and not self.settings.local_hooks_enabled:
+                names = ", ".join(str(d) for d in dirs)
+                raise JobSetupError(f"the repository has hooks ({names}) but local hooks are off")
         return status
 
     async def do_command(self) -> int:
+        self.refresh()
         command_hooks = (
             self._plugin_hooks("command")[:1]
             or (self._repository_hooks("command") or self._agent_hooks("command"))[:1]
@@ -343,16 +393,23 @@ class Executor:
 
     async def run(self) -> int:
         try:
-            await self._run_phases()
-        except JobSetupError as exc:
-            await note(f"error: {exc}")
+            # A cancel ends the phases at once, also a checkout retrying or a lock wait.
+            with self._phases_scope:
+                await self._run_phases()
+        except (JobSetupError, OSError, ValueError) as exc:
+            await note(f"error: {_reason(exc)}")
             self._fail(1)
-        self.exiting = True
-        try:
-            self._fail(await self.phase("pre-exit", reverse=True))
-        except JobSetupError as exc:
-            await note(f"error: {exc}")
-            self._fail(1)
+        finally:
+            self.exiting = True
+            try:
+                if not await anyio.Path(self.cwd).is_dir():
+                    # A checkout stopped half way removed it: `pre-exit` runs where it was.
+                    self.cwd = self.settings.checkout_path
+                    await anyio.Path(self.cwd).mkdir(parents=True, exist_ok=True)
+                self._fail(await self.phase("pre-exit", reverse=True))
+            except (JobSetupError, OSError, ValueError) as exc:
+                await note(f"error: {_reason(exc)}")
+                self._fail(1)
         return self.status
 
     async def _run_phases(self) -> None:
@@ -362,6 +419,7 @@ class Executor:
             lambda: self.phase("pre-checkout"),
             self.do_checkout,
             lambda: self.phase("post-checkout", reverse=True),
+            self.vendored_plugins,
             lambda: self.phase("pre-command"),
         ]
         for step in steps:
@@ -390,7 +448,15 @@ class Executor:
         """A cancel signal arrived: the running child has it too; later phases are skipped."""
         self.cancelled = True
         self.cancel_event.set()
+        self._phases_scope.cancel()
         self.env["CONVEYOR_JOB_CANCELLED"] = self.env["BUILDKITE_JOB_CANCELLED"] = "true"
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        where = f": {exc.filename}" if exc.filename else ""
+        return f"{exc.strerror}{where}"
+    return str(exc)
 
 
 def become_subreaper() -> bool:
@@ -452,13 +518,17 @@ async def execute(env: Mapping[str, str]) -> int:
         return 1
     become_subreaper()
     # Hooks before the checkout run where it will be: the agent's directory for this pipeline.
-    await anyio.Path(settings.checkout_path).mkdir(parents=True, exist_ok=True)
+    try:
+        await anyio.Path(settings.checkout_path).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        await note(f"error: cannot make the job's directory: {_reason(exc)}")
+        return 1
     executor = Executor(settings, env)
     status = 0
     async with anyio.create_task_group() as tg:
 
         async def watch_signals() -> None:
-            with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as sigs:
+            with anyio.open_signal_receiver(*CANCEL_SIGNALS) as sigs:
                 async for signum in sigs:
                     await note(f"received {signum.name}: cancelling the job")
                     executor.cancel()
@@ -477,9 +547,12 @@ async def execute(env: Mapping[str, str]) -> int:
 
         tg.start_soon(watch_signals)
         tg.start_soon(stop_the_job_in_time)
-        result = await executor.run()
-        await stop_leftovers()
-        tg.cancel_scope.cancel()
+        try:
+            result = await executor.run()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await stop_leftovers()
+            tg.cancel_scope.cancel()
     return status or result
 
 

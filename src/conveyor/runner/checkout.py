@@ -21,6 +21,7 @@ import anyio
 import anyio.to_thread
 
 from conveyor.runner.children import run_child
+from conveyor.runner.plugins import without_credentials
 
 ATTEMPTS = 3
 FIRST_PAUSE_S = 1.0
@@ -40,7 +41,8 @@ class Mirrors:
     lock_timeout: float = 300.0
 
     def mirror_of(self, repository: str) -> Path:
-        return self.path / re.sub(r"[^A-Za-z0-9._-]+", "-", repository).strip("-.")
+        name = without_credentials(repository)
+        return self.path / re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.")
 
 
 @dataclass(frozen=True)
@@ -78,6 +80,7 @@ async def checkout(
             reference = mirror
     status = 1
     for attempt in range(1, attempts + 1):
+        # A cancel arrives as a cancellation of this task (the executor's phases scope).
         status = await _attempt(source, path, env, say, reference)
         if status == 0:
             return 0
@@ -88,7 +91,9 @@ async def checkout(
                 f"checkout failed (attempt {attempt} of {attempts}); trying again in {pause:g}s"
             )
             await anyio.sleep(pause)
-    await say(f"checkout of {source.repository} failed after {attempts} attempts")
+    await say(
+        f"checkout of {without_credentials(source.repository)} failed after {attempts} attempts"
+    )
     return status
 
 
@@ -115,7 +120,7 @@ async def _update_mirror(
             args = ["git", "--git-dir", str(mirror), "remote", "update", "--prune"]
         else:
             args = ["git", "clone", "--mirror", "--quiet", "--", source.repository, str(mirror)]
-        await say("$ " + " ".join(args))
+        await say("$ " + " ".join(without_credentials(a) for a in args))
         if await run_child(args, env=git_env, cwd=mirrors.path):
             await say("updating the git mirror failed; checking out without it")
             return None
@@ -141,7 +146,7 @@ async def _attempt(
     env = {**env, "GIT_TERMINAL_PROMPT": "0"}
 
     async def git(*args: str, cwd: Path = path) -> int:
-        await say("$ git " + " ".join(args))
+        await say("$ git " + " ".join(without_credentials(a) for a in args))
         return await run_child(["git", *args], env=env, cwd=cwd)
 
     if not await anyio.Path(path / ".git").is_dir():

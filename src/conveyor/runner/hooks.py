@@ -69,11 +69,14 @@ _SHELLS = frozenset({"sh", "bash", "dash", "zsh", "ksh"})
 _SHELL_OWN = frozenset({"_", "SHLVL", "PWD", "OLDPWD", "__CONVEYOR_HOOK_OUT"})
 
 # Sourced with `set -e` (the default shell's `-e`): the first failing command ends the hook.
-# The dump happens only when the hook succeeded, also when it ended with `exit 0`.
+# The dump happens only when the hook succeeded: after it, or at an `exit 0` inside it (the
+# EXIT trap, unless the hook set one of its own: then its changes are not carried forward).
 _WRAPPER = """\
-trap '__s=$?; if [ "$__s" -eq 0 ]; then env -0 > "$__CONVEYOR_HOOK_OUT.env"; \
-pwd > "$__CONVEYOR_HOOK_OUT.pwd"; fi' EXIT
+__conveyor_dump() {{ env -0 > "$__CONVEYOR_HOOK_OUT.env"; pwd > "$__CONVEYOR_HOOK_OUT.pwd"; }}
+trap '__s=$?; if [ "$__s" -eq 0 ] && [ ! -e "$__CONVEYOR_HOOK_OUT.env" ]; then \
+__conveyor_dump; fi' EXIT
 . {hook}
+__conveyor_dump
 """
 
 
@@ -96,9 +99,15 @@ class HookResult:
     """Protected variables the hook tried to change."""
 
 
-def find(directory: Path, phase: str, scope: str) -> Hook | None:
+def find(directory: Path, phase: str, scope: str, *, confine: Path | None = None) -> Hook | None:
+    """The hook for `phase` in `directory`; with `confine`, only if the file really is there
+    (not a symlink to somewhere outside it)."""
     path = directory / phase
-    return Hook(phase, path, scope) if path.is_file() else None
+    if not path.is_file():
+        return None
+    if confine is not None and not path.resolve().is_relative_to(confine.resolve()):
+        return None
+    return Hook(phase, path, scope)
 
 
 def repository_hook_dirs(checkout: Path) -> list[Path]:
@@ -116,11 +125,13 @@ def repository_hook_dirs(checkout: Path) -> list[Path]:
 def is_shell_script(path: Path) -> bool:
     try:
         with path.open("rb") as f:
-            first = f.readline(256)
+            head = f.read(512)
     except OSError:
         return True
-    if not first.startswith(b"#!"):
-        return True
+    if not head.startswith(b"#!"):
+        # A compiled program (ELF, or any binary) is run, not sourced.
+        return not (head.startswith(b"\x7fELF") or b"\0" in head)
+    first = head.split(b"\n", 1)[0]
     words = first[2:].decode("utf-8", "replace").split()
     if not words:
         return True
@@ -152,8 +163,10 @@ async def run_hook(
             cwd=cwd,
         )
         env_file, pwd_file = anyio.Path(f"{out}.env"), anyio.Path(f"{out}.pwd")
-        if status != 0 or not await env_file.exists():
-            return HookResult(status or 1, dict(env), cwd)
+        if status != 0 or not await env_file.exists() or not await pwd_file.exists():
+            # Failed: its changes are dropped. Passed without a dump (its own EXIT trap
+            # replaced ours and it ended with `exit 0`): it changed nothing we can see.
+            return HookResult(status, dict(env), cwd)
         after = _parse_env(await env_file.read_bytes())
         new_cwd = Path((await pwd_file.read_text()).rstrip("\n"))
     return _apply(env, after, status, new_cwd)

@@ -46,6 +46,11 @@ class PluginRef:
         return PluginRef(source, config, ref, location, name, config_env(name, config))
 
     @property
+    def vendored(self) -> bool:
+        """A path relative to the repository: the plugin is kept in it, not fetched."""
+        return self.location.startswith(".")
+
+    @property
     def url(self) -> str:
         if _HAS_SCHEME.match(self.location):
             return self.location
@@ -112,30 +117,39 @@ async def fetch(plugin: PluginRef, plugins_path: Path, *, env: Mapping[str, str]
     """The plugin's checkout at its ref; raises `JobSetupError` when it cannot be had."""
     target = plugin_dir(plugins_path, plugin)
     await anyio.Path(plugins_path).mkdir(parents=True, exist_ok=True)
-    lock = await anyio.to_thread.run_sync(_lock, target.with_suffix(".lock"))
+    # Abandoned if the job is canceled meanwhile: the executor exits soon after, letting go.
+    lock = await anyio.to_thread.run_sync(
+        _lock, target.with_suffix(".lock"), abandon_on_cancel=True
+    )
     try:
         if await anyio.Path(target / ".git").is_dir():
             return target
         tmp = target.with_suffix(".partial")
         await anyio.to_thread.run_sync(functools.partial(shutil.rmtree, tmp, ignore_errors=True))
         git_env = {**env, "GIT_TERMINAL_PROMPT": "0"}
-        await say(f"fetching plugin {plugin.source}")
+        shown = without_credentials(plugin.source)
+        await say(f"fetching plugin {shown}")
         args = ["git", "clone", "--quiet", "--", plugin.url, str(tmp)]
         if await run_child(args, env=git_env, cwd=plugins_path):
-            raise JobSetupError(f"plugin {plugin.source}: git could not clone {plugin.url}")
+            raise JobSetupError(
+                f"plugin {shown}: git could not clone {without_credentials(plugin.url)}"
+            )
         if plugin.ref:
             checkout = ["git", "checkout", "--quiet", "--force", plugin.ref]
             if await run_child(checkout, env=git_env, cwd=tmp):
                 await anyio.to_thread.run_sync(
                     functools.partial(shutil.rmtree, tmp, ignore_errors=True)
                 )
-                raise JobSetupError(
-                    f"plugin {plugin.source}: no ref {plugin.ref!r} in {plugin.url}"
-                )
+                raise JobSetupError(f"plugin {shown}: no ref {plugin.ref!r} in its repository")
         await anyio.Path(tmp).rename(target)
         return target
     finally:
         await anyio.to_thread.run_sync(lock.close)
+
+
+def without_credentials(url: str) -> str:
+    """`url` fit for a log: a user and password in it (`https://user:token@host/…`) dropped."""
+    return re.sub(r"^([a-z][a-z0-9+.-]*://)[^/@]*@", r"\1", url)
 
 
 def _lock(path: Path) -> Any:

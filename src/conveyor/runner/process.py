@@ -246,6 +246,9 @@ async def _stop(
                     tg.start_soon(cut_short)
                 await process.wait()
                 tg.cancel_scope.cancel()
+    # Taken again while the command (the job executor, a subreaper) still holds its tree: a
+    # process started during the grace is in it.
+    tree |= await anyio.to_thread.run_sync(descendants, {process.pid})
     # Whatever of the group is still there (the command's children too) does not get to stay.
     _kill_group(process.pid, signal.SIGKILL)
     tree |= await anyio.to_thread.run_sync(descendants, tree | {process.pid}, marker)

@@ -10,6 +10,7 @@ from typing import Any
 import anyio
 import pytest
 
+from conveyor.logformat import strip
 from conveyor.protocol import SignalReason
 from conveyor.runner.job import JobResult, JobRun, JobRunner
 from tests.runner.support import (
@@ -95,7 +96,7 @@ async def test_echo_succeeds_and_its_output_reaches_the_sink(tmp_path: Path) -> 
     assert result == JobResult(
         exit_status=0, signal=None, signal_reason=None, chunks_failed_count=0, log_bytes=4
     )
-    assert sink.data == b"hi\r\n"
+    assert strip(sink.data) == b"hi\r\n"
     sink.assert_well_formed(max_chunk_size=1024 * 1024)
 
 
@@ -116,7 +117,7 @@ async def test_tee_gets_the_same_bytes_and_is_closed_once(tmp_path: Path) -> Non
     expected = "".join(f"line {i}\r\n" for i in range(1, 2001)).encode() + b"err\r\n"
     assert result.exit_status == 0
     assert bytes(tee.data) == expected
-    assert sink.data == expected
+    assert strip(sink.data) == expected
     assert result.log_bytes == len(expected)
     sink.assert_well_formed(max_chunk_size=1000)
     assert tee.close_calls == 1
@@ -131,20 +132,20 @@ async def test_a_failing_tee_does_not_fail_the_job_or_lose_log(tmp_path: Path) -
     command = "echo one; echo two"
     result, sink = await run_job(job(command, tmp_path), tee=BrokenTee())
     assert result.exit_status == 0
-    assert sink.data == b"one\r\ntwo\r\n"
-    assert result.log_bytes == len(sink.data)
+    assert strip(sink.data) == b"one\r\ntwo\r\n"
+    assert result.log_bytes == len(strip(sink.data))
 
 
 async def test_the_shell_is_configurable(tmp_path: Path) -> None:
     result, sink = await run_job(job('echo "$0"; exit 5', tmp_path, shell="/bin/sh -c"))
     assert result.exit_status == 5
-    assert sink.data == b"/bin/sh\r\n"
+    assert strip(sink.data) == b"/bin/sh\r\n"
 
 
 async def test_pipe_mode_job(tmp_path: Path) -> None:
     result, sink = await run_job(job("echo one; echo two >&2", tmp_path, use_pty=False))
     assert result.exit_status == 0
-    assert sink.data == b"one\ntwo\n"
+    assert strip(sink.data) == b"one\ntwo\n"
 
 
 async def test_env_and_cwd_reach_the_command(tmp_path: Path) -> None:
@@ -155,7 +156,7 @@ async def test_env_and_cwd_reach_the_command(tmp_path: Path) -> None:
     assert result.exit_status == 0
     assert await anyio.Path(workdir).is_dir()
     resolved = await anyio.Path(workdir).resolve()
-    assert sink.data == f"job-123\r\n{resolved}\r\n".encode()
+    assert strip(sink.data) == f"job-123\r\n{resolved}\r\n".encode()
 
 
 async def test_failed_chunks_are_reported(tmp_path: Path) -> None:
@@ -171,7 +172,10 @@ async def test_failed_chunks_are_reported(tmp_path: Path) -> None:
     assert [c.sequence for c in stored] == list(range(2, len(stored) + 2))
     first = stored[0].offset
     assert 0 < first <= 1000
-    assert sink.data == b"x" * (3000 - first)
+    # What arrived is the rest of the output (chunk 1 held the line's timestamp marker too).
+    rest = strip(sink.data)
+    assert rest == b"x" * len(rest)
+    assert 3000 - first <= len(rest) < 3000
 
 
 # --- cancellation ----------------------------------------------------------------------------
@@ -198,8 +202,8 @@ async def test_cancelled_job_keeps_the_log_written_before(tmp_path: Path) -> Non
     runner = JobRunner(job("echo before; echo ready; sleep 30", tmp_path), sink, tee=tee)
     result, _ = await cancel_when_ready(runner, tee, SignalReason.CANCEL)
     assert result.exit_status == -1
-    assert sink.data == b"before\r\nready\r\n"
-    assert result.log_bytes == len(sink.data)
+    assert strip(sink.data) == b"before\r\nready\r\n"
+    assert result.log_bytes == len(strip(sink.data))
 
 
 async def test_cancel_reports_the_configured_signal_and_the_first_reason(tmp_path: Path) -> None:
@@ -275,11 +279,11 @@ async def test_missing_shell_is_a_process_run_error_with_a_log_line(tmp_path: Pa
     assert result.exit_status == -1
     assert result.signal is None
     assert result.signal_reason == SignalReason.PROCESS_RUN_ERROR
-    assert sink.data.startswith(b"conveyor: could not start the job: ")
+    assert strip(sink.data).startswith(b"conveyor: could not start the job: ")
     assert b"/nonexistent/sh" in sink.data
-    assert sink.data.endswith(b"\r\n")
-    assert bytes(tee.data) == sink.data
-    assert result.log_bytes == len(sink.data)
+    assert strip(sink.data).endswith(b"\r\n")
+    assert bytes(tee.data) == strip(sink.data)
+    assert result.log_bytes == len(strip(sink.data))
     assert tee.close_calls == 1
 
 
@@ -289,7 +293,7 @@ async def test_unusable_working_directory_is_a_process_run_error(tmp_path: Path)
     result, sink = await run_job(job("echo hi", tmp_path, cwd=blocker / "sub"))
     assert result.exit_status == -1
     assert result.signal_reason == SignalReason.PROCESS_RUN_ERROR
-    assert sink.data.startswith(b"conveyor: could not start the job: ")
+    assert strip(sink.data).startswith(b"conveyor: could not start the job: ")
 
 
 async def test_secrets_in_the_env_never_reach_the_log_or_the_tee(tmp_path: Path) -> None:
@@ -308,7 +312,7 @@ async def test_secrets_in_the_env_never_reach_the_log_or_the_tee(tmp_path: Path)
     tee = RecordingTee()
     result, sink = await run_job(job(command, tmp_path, env=env), tee=tee)
     assert result.exit_status == 0
-    for out in (bytes(sink.data), bytes(tee.data)):
+    for out in (strip(sink.data), bytes(tee.data)):
         assert b"k3y-4b2f9e1d" not in out and b"azN5LTRiMmY5ZTFk" not in out
         assert b"key=[REDACTED]\r\n" in out
         assert b'{"key": "[REDACTED]"}' in out

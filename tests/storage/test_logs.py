@@ -30,10 +30,8 @@ async def test_identical_chunk_is_stored_once(store: Store) -> None:
         assert await tx.insert_chunk(job, 7, 0, b"hello") is False
         assert await tx.chunk_index(job) == [(0, 5)]
         assert await tx.read_chunks(job, [0]) == [b"hello"]
-        # log_size is the caller's to count (the API adds a chunk's size when it was stored).
-        await tx.add_log_size(job, 5)
-        await tx.add_log_size(job, 7)
-        assert (await tx.get_job(job)).log_size == 12
+        # A stored chunk is counted in the job's log_size, a retried one is not.
+        assert (await tx.get_job(job)).log_size == 5
 
 
 async def test_different_chunk_at_a_stored_offset_conflicts(store: Store) -> None:
@@ -114,5 +112,8 @@ async def test_a_chunk_is_stored_only_while_its_job_is_in_a_given_state(store: S
     async with store.transaction() as tx:
         assert await tx.chunk_index(job) == [(0, 5), (5, 5)]
         assert await tx.read_chunks(job, [0, 5]) == [b"hello", b"world"]
+        # Refused, conflicting and retried chunks were not counted.
+        assert (await tx.get_job(job)).log_size == 10
         # Without job_states the state does not matter (the other job is pending).
         assert await tx.insert_chunk(other, 1, 0, b"any state") is True
+        assert (await tx.get_job(other)).log_size == 9

@@ -268,15 +268,14 @@ async def upload_chunk(
         data = await _read_body(request, size=size)
     async with ctx.store.transaction() as tx:
         try:
-            # One statement for a chunk of a live job; the job is read only when nothing
-            # was stored (a retry, a conflict, a job that has ended).
+            # The state check rides in the insert: the job is read only when nothing was
+            # stored (a retry, a conflict, a job that has ended). A stored chunk is counted
+            # in the job's log_size in the same transaction.
             stored = await tx.insert_chunk(
                 job_id, sequence, offset, data, job_states=_LIVE_JOB_STATES
             )
         except (ConflictError, InvalidStateError) as exc:
             raise HTTPException(409, str(exc)) from None
-        if stored:
-            await tx.add_log_size(job_id, size)
     return p.ChunkAck(sequence=sequence, offset=offset, size=size, stored=stored)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from sqlalchemy import BindParameter, Table, bindparam, exists, select
+from sqlalchemy import BindParameter, Table, bindparam, exists, select, update
 from sqlalchemy.dialects.postgresql import dml as pg_dml
 from sqlalchemy.dialects.sqlite import dml as sqlite_dml
 from sqlalchemy.sql.dml import Insert
@@ -49,6 +49,11 @@ _INSERTS = {
     for backend, insert in (("postgresql", pg_dml.insert), ("sqlite", sqlite_dml.insert))
     for while_in_state in (False, True)
 }
+_COUNT = (
+    update(t.jobs)
+    .where(t.jobs.c.id == bindparam("job_id"))
+    .values(log_size=t.jobs.c.log_size + bindparam("size", type_=t.jobs.c.log_size.type))
+)
 
 
 class LogQueries(QueryBase):
@@ -61,7 +66,8 @@ class LogQueries(QueryBase):
         *,
         job_states: Sequence[str] | None = None,
     ) -> bool:
-        """Store a chunk. False when the very same chunk was stored before (a retried upload).
+        """Store a chunk and add its size to the job's `log_size`. False when the very same
+        chunk was stored before (a retried upload): nothing is stored or counted again.
 
         A different chunk at a stored offset is a ConflictError: the agent lost track of its
         own log, and silently keeping either copy would corrupt it. With `job_states`, the
@@ -77,6 +83,7 @@ class LogQueries(QueryBase):
         stmt = _INSERTS[self.backend, job_states is not None]
         result = await self.conn.execute(stmt, params)
         if result.rowcount:
+            await self.conn.execute(_COUNT, {"job_id": job_id, "size": len(data)})
             return True
         state = (
             await self.conn.execute(select(t.jobs.c.state).where(t.jobs.c.id == job_id))

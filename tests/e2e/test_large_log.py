@@ -61,6 +61,9 @@ async def test_fifty_megabytes(database_url: str, tmp_path: Path) -> None:
     # Stored once: the chunks tile the log with no overlap and no hole.
     offsets = [o for o, _ in index]
     assert offsets == sorted(set(offsets))
-    assert sum(size for _, size in index) == len(expected)
+    # Sizes count the stored bytes: the output and a timestamp marker per line.
+    stored = int(response.headers["x-conveyor-log-size"])
+    assert stored > len(expected)
+    assert sum(size for _, size in index) == stored
     assert all(o == prev_o + prev_s for (prev_o, prev_s), (o, _) in itertools.pairwise(index))
-    assert job.log_size == len(expected)
+    assert job.log_size == stored

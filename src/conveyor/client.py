@@ -60,7 +60,9 @@ START = Backoff(attempts=7, base=1, cap=32)
 # until the log streamer's flush deadline cancels it. Only a final answer (4xx) gives up early.
 # The short cap resumes uploads soon after the server is back.
 CHUNK = Backoff(attempts=None, base=1, cap=30)
-FINISH = Backoff(attempts=12, base=1, cap=120)
+# Until the worker's own deadline for it (agent.worker.FINISH_DEADLINE_S): a job's last word
+# is worth waiting for a server that is away.
+FINISH = Backoff(attempts=None, base=1, cap=30)
 STATE = Backoff(attempts=3, base=0.5, cap=2)
 # A job that waits for its dependencies is asked for again, for up to about ten minutes.
 ACQUIRE = Backoff(attempts=60, base=1, cap=10)

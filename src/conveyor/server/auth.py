@@ -1,4 +1,7 @@
-"""Request authentication: `Authorization: Token <t>` (or `Bearer <t>`), checked in the store."""
+"""Request authentication: `Authorization: Token <t>` (or `Bearer <t>`), checked in the store.
+
+A token seen (or created) lately is taken from the server's token cache without a transaction
+(see `server.tokencache` for how revocations reach it)."""
 
 from __future__ import annotations
 
@@ -6,6 +9,7 @@ from fastapi import HTTPException, Request
 
 from conveyor.errors import AuthError
 from conveyor.server.context import ServerContext
+from conveyor.storage.queries.tokens import hash_token
 from conveyor.storage.rows import TokenRow
 
 
@@ -23,12 +27,22 @@ def _token(request: Request) -> str:
 
 
 async def authenticate(request: Request, *kinds: str) -> TokenRow:
-    token = _token(request)
-    try:
-        async with context(request).store.transaction() as tx:
-            return await tx.authenticate(token, *kinds)
-    except AuthError as exc:
-        raise HTTPException(401, f"{exc}: expected a {' or '.join(kinds)} token") from None
+    digest = hash_token(_token(request))
+    ctx = context(request)
+    row = ctx.tokens.get(digest)
+    problem = "unknown token"
+    if row is None:
+        generation = ctx.tokens.generation
+        try:
+            async with ctx.store.transaction() as tx:
+                row = await tx.token_by_hash(digest)
+        except AuthError as exc:
+            problem = str(exc)
+        else:
+            ctx.tokens.put(digest, row, generation=generation)
+    if row is None or row.kind not in kinds:
+        raise HTTPException(401, f"{problem}: expected a {' or '.join(kinds)} token")
+    return row
 
 
 async def registration_token(request: Request) -> TokenRow:

@@ -8,7 +8,9 @@ Jobs are offered by priority, then by how long they have been runnable.
 
 from __future__ import annotations
 
+from datetime import datetime
 from fnmatch import fnmatchcase
+from typing import Literal
 
 from conveyor.protocol import SignalReason
 from conveyor.server import retries, scheduler
@@ -70,6 +72,29 @@ async def claim_job(tx: Tx, agent: AgentRow, *, match_any: bool = False) -> JobR
                 await tx.set_agent_job(agent.id, job.id)
                 return await tx.get_job(job.id)
     return None
+
+
+async def take_for_stream(
+    tx: Tx, job: JobRow, agent_id: str, now: datetime
+) -> Literal["assigned", "job-taken", "agent-busy"]:
+    """Assign a runnable job to a streaming agent that should hold none.
+
+    Two compare-and-sets: the agent from no job to this one (it is live, not paused), then the
+    job from `scheduled` to `assigned`. "job-taken": the job is not runnable any more, or its
+    concurrency group is full; "agent-busy": the agent holds a job after all, is paused or gone.
+    """
+    if job.concurrency_group and not await _group_has_room(tx, job):
+        return "job-taken"
+    if not await tx.lock_if_free(job.id):
+        return "job-taken"
+    if not await tx.claim_agent(agent_id, job.id):
+        return "agent-busy"
+    if not await tx.transition_job(
+        job.id, ["scheduled"], "assigned", agent_id=agent_id, assigned_at=now
+    ):
+        await tx.set_agent_job(agent_id, None)
+        return "job-taken"
+    return "assigned"
 
 
 async def _group_has_room(tx: Tx, job: JobRow) -> bool:

@@ -23,9 +23,9 @@ async def job_spec(
     newest works; a fresh assignment has none (taking an assignment back revokes its token).
     Every statement here is on the dispatch path: each one costs about a millisecond."""
     job_id = job.id
-    # Not the whole build: a build may have hundreds of jobs.
-    build = await tx.get_build_alone(job.build_id)
-    step = await tx.get_step(job.step_id)
+    # Not the whole build (a build may have hundreds of jobs): its own row and the job's step,
+    # in one query.
+    build, step = await tx.get_build_and_step(job.build_id, job.step_id)
     if revoke:
         await tx.revoke_job_tokens(job_id)
     # Bound to the agent too: only the agent the job is assigned to can start it with it.

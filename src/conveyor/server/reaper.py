@@ -88,3 +88,6 @@ async def reaper_loop(ctx: ServerContext, lost_after: float) -> None:
         await reap_once(ctx, lost_after)
         await expire_assignments(ctx)
         await expire_timeouts(ctx)
+        # A safety net under the assignments made as transactions commit: one full pass of
+        # the pusher every round, whatever it was told.
+        ctx.streams.sweep()

@@ -22,11 +22,13 @@ running (a job started) → failing (a step failed, others still run) → passed
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import json
 from collections.abc import Iterable
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from conveyor.errors import ConveyorError, NotFoundError, PipelineError
@@ -136,17 +138,59 @@ def parent_group(build: BuildRow, step: StepRow) -> StepRow | None:
 # ---- moving builds along -----------------------------------------------------------------
 
 
+@dataclass
+class _Edits:
+    """What one pass of `_advance_once` wrote, applied to the rows it read instead of reading
+    the whole build again (build, steps, jobs: three queries, each of every row of the build).
+    Changes whose effect is not simple to follow (a cancel, a failed step's config, a trigger)
+    make the next pass read the build anew."""
+
+    steps: dict[str, str] = field(default_factory=dict)  # step id → new state
+    scheduled: dict[str, datetime] = field(default_factory=dict)  # step id → runnable_at
+    skipped: dict[str, datetime] = field(default_factory=dict)  # step id → finished_at
+    soft_failed: set[str] = field(default_factory=set)  # job ids
+    reread: bool = False
+
+    async def set_step_state(self, tx: Tx, step_id: str, state: str) -> None:
+        await tx.set_step_state(step_id, state)
+        self.steps[step_id] = state
+
+    def apply(self, build: BuildRow) -> BuildRow:
+        steps = [
+            dataclasses.replace(s, state=self.steps[s.id]) if s.id in self.steps else s
+            for s in build.steps
+        ]
+        jobs = []
+        for job in build.jobs:
+            if job.step_id in self.scheduled and job.state == JobState.PENDING:
+                job = dataclasses.replace(
+                    job, state=JobState.SCHEDULED.value, runnable_at=self.scheduled[job.step_id]
+                )
+            if job.step_id in self.skipped and job.state in (JobState.PENDING, JobState.SCHEDULED):
+                job = dataclasses.replace(
+                    job, state=JobState.SKIPPED.value, finished_at=self.skipped[job.step_id]
+                )
+            if job.id in self.soft_failed:
+                job = dataclasses.replace(job, soft_failed=True)
+            jobs.append(job)
+        return dataclasses.replace(build, steps=steps, jobs=jobs)
+
+
 async def advance_build(tx: Tx, build_id: str) -> BuildRow:
-    """Settle what can be settled and start what became runnable, until nothing changes."""
+    """Settle what can be settled and start what became runnable, until nothing changes.
+
+    Returns the build as it now is. The build is read once; what each pass wrote is applied to
+    those rows (see `_Edits`)."""
     await tx.lock_build(build_id)
     token = _advancing.set(_advancing.get() | {build_id})
     try:
+        build = await tx.get_build(build_id)
         while True:
-            build = await tx.get_build(build_id)
-            if not await _advance_once(tx, build):
+            edits = _Edits()
+            if not await _advance_once(tx, build, edits):
                 break
-        before = build.state
-        finished = await _update_build_state(tx, build)
+            build = await tx.get_build(build_id) if edits.reread else edits.apply(build)
+        finished, build = await _update_build_state(tx, build)
     finally:
         _advancing.reset(token)
     if finished and build.parent_step_id is not None:
@@ -155,22 +199,20 @@ async def advance_build(tx: Tx, build_id: str) -> BuildRow:
         parent = await tx.get_step(build.parent_step_id)
         if parent.build_id not in _advancing.get():
             await advance_build(tx, parent.build_id)
-    if not finished and derive_state(build) == before:
-        return build  # nothing was written since it was read
-    return await tx.get_build(build_id)
+    return build
 
 
-async def _advance_once(tx: Tx, build: BuildRow) -> bool:
+async def _advance_once(tx: Tx, build: BuildRow, edits: _Edits) -> bool:
     steps = {s.id: s for s in build.steps}
     canceling = build.state == BuildState.CANCELING
     changed = False
     for step in build.steps:
         if step.state == "running":
-            outcome = await _running_outcome(tx, build, step, steps)
+            outcome = await _running_outcome(tx, build, step, steps, edits)
             if outcome is not None:
-                await tx.set_step_state(step.id, outcome)
+                await edits.set_step_state(tx, step.id, outcome)
                 if outcome == "failed":
-                    await _cancel_on_failing(tx, build)
+                    await _cancel_on_failing(tx, build, edits)
                 changed = True
             continue
         if step.state != "pending":
@@ -182,47 +224,49 @@ async def _advance_once(tx: Tx, build: BuildRow) -> bool:
         failed = any(d.state in ("failed", "not_run") and d.id not in allowed for d in deps)
         # A group always opens (unless canceling): its steps may allow the failure.
         if canceling or (failed and not step.allow_dependency_failure and step.kind != "group"):
-            await _settle_without_running(tx, step, "not_run")
+            await _settle_without_running(tx, step, "not_run", edits)
         else:
-            await _start(tx, build, step)
+            await _start(tx, build, step, edits)
             if step.kind == "trigger":
+                edits.reread = True
                 return True  # a build was created: look again at fresh rows
         changed = True
     return changed
 
 
-async def _settle_without_running(tx: Tx, step: StepRow, state: str) -> None:
-    await tx.set_step_state(step.id, state)
-    await tx.skip_step_jobs(step.id)
+async def _settle_without_running(tx: Tx, step: StepRow, state: str, edits: _Edits) -> None:
+    await edits.set_step_state(tx, step.id, state)
+    edits.skipped[step.id] = await tx.skip_step_jobs(step.id)
 
 
-async def _start(tx: Tx, build: BuildRow, step: StepRow) -> None:
+async def _start(tx: Tx, build: BuildRow, step: StepRow, edits: _Edits) -> None:
     """The step's dependencies are settled: skip it, or run it as its kind says."""
     reason = await _skip_reason(tx, build, step)
     if reason is not None:
         if reason.startswith("error: "):
-            await _fail(tx, step, reason.removeprefix("error: "))
+            await _fail(tx, step, reason.removeprefix("error: "), edits)
         else:
-            await _settle_without_running(tx, step, "skipped")
+            await _settle_without_running(tx, step, "skipped", edits)
         return
     if step.kind == "wait":
-        await tx.set_step_state(step.id, "passed")
+        await edits.set_step_state(tx, step.id, "passed")
     elif step.kind in ("block", "input"):
-        await tx.set_step_state(step.id, "blocked")
+        await edits.set_step_state(tx, step.id, "blocked")
     elif step.kind == "group":
-        await tx.set_step_state(step.id, "running")
+        await edits.set_step_state(tx, step.id, "running")
     elif step.kind == "trigger":
-        await _trigger(tx, build, step)
+        await _trigger(tx, build, step, edits)
     else:
-        await tx.set_step_state(step.id, "running")
-        await tx.schedule_step_jobs(step.id)
+        await edits.set_step_state(tx, step.id, "running")
+        edits.scheduled[step.id] = await tx.schedule_step_jobs(step.id)
 
 
-async def _fail(tx: Tx, step: StepRow, error: str) -> None:
+async def _fail(tx: Tx, step: StepRow, error: str, edits: _Edits) -> None:
     """A step that cannot run (bad `if` at run time, unknown trigger target...) fails."""
     await tx.update_step(step.id, config={**step.config, "error": error})
-    await _settle_without_running(tx, step, "failed")
-    await _cancel_on_failing(tx, await tx.get_build(step.build_id))
+    await _settle_without_running(tx, step, "failed", edits)
+    await _cancel_on_failing(tx, await tx.get_build(step.build_id), edits)
+    edits.reread = True
 
 
 async def _skip_reason(tx: Tx, build: BuildRow, step: StepRow) -> str | None:
@@ -278,7 +322,7 @@ async def _facts(tx: Tx, build: BuildRow) -> BuildFacts:
 
 
 async def _running_outcome(
-    tx: Tx, build: BuildRow, step: StepRow, steps: dict[str, StepRow]
+    tx: Tx, build: BuildRow, step: StepRow, steps: dict[str, StepRow], edits: _Edits
 ) -> str | None:
     """The settled state of a running step, or None while it is still going."""
     if step.kind == "group":
@@ -303,6 +347,7 @@ async def _running_outcome(
         if _soft_fails(job):
             if not job.soft_failed:
                 await tx.set_soft_failed(job.id)
+                edits.soft_failed.add(job.id)
             continue
         failed = True
     return "failed" if failed else "passed"
@@ -330,31 +375,34 @@ def latest_attempts(jobs: Iterable[JobRow]) -> list[JobRow]:
     return list(latest.values())
 
 
-async def _cancel_on_failing(tx: Tx, build: BuildRow) -> None:
+async def _cancel_on_failing(tx: Tx, build: BuildRow, edits: _Edits) -> None:
     """A step failed: steps with `cancel_on_build_failing` stop their jobs."""
     for step in build.steps:
         if step.state == "running" and step.config.get("cancel_on_build_failing"):
             await tx.cancel_step_jobs(step.id)
+            edits.reread = True
 
 
-async def _update_build_state(tx: Tx, build: BuildRow) -> bool:
-    """Store the build's state as its steps say. True when the build just finished."""
+async def _update_build_state(tx: Tx, build: BuildRow) -> tuple[bool, BuildRow]:
+    """Store the build's state as its steps say. (True when the build just finished, the
+    build as it now is.)"""
     if BuildState(build.state).terminal:
-        return False
+        return False, build
     state = derive_state(build)
     if state == build.state:
-        return False
+        return False, build
     now = utcnow()
     if state.terminal:
-        await tx.set_build_state(
-            build.id, state, finished_at=now, started_at=build.started_at or now
+        started = build.started_at or now
+        await tx.set_build_state(build.id, state, finished_at=now, started_at=started)
+        return True, dataclasses.replace(
+            build, state=state.value, finished_at=now, started_at=started
         )
-        return True
     values: dict[str, Any] = {}
     if build.started_at is None and state != BuildState.SCHEDULED:
         values["started_at"] = now
     await tx.set_build_state(build.id, state, **values)
-    return False
+    return False, dataclasses.replace(build, state=state.value, **values)
 
 
 def derive_state(build: BuildRow) -> BuildState:
@@ -393,18 +441,18 @@ def _can_progress(build: BuildRow) -> bool:
 # ---- trigger steps -------------------------------------------------------------------------
 
 
-async def _trigger(tx: Tx, build: BuildRow, step: StepRow) -> None:
+async def _trigger(tx: Tx, build: BuildRow, step: StepRow, edits: _Edits) -> None:
     """Create the build a trigger step asks for; a failure to do so fails the step."""
     config = step.config
     slug = config["trigger"]
     depth = await _trigger_depth(tx, build)
     if depth >= _MAX_TRIGGER_DEPTH:
-        await _fail(tx, step, f"triggers are nested more than {_MAX_TRIGGER_DEPTH} deep")
+        await _fail(tx, step, f"triggers are nested more than {_MAX_TRIGGER_DEPTH} deep", edits)
         return
     try:
         target = await tx.get_pipeline(slug)
     except NotFoundError:
-        await _fail(tx, step, f"there is no pipeline {slug!r} to trigger")
+        await _fail(tx, step, f"there is no pipeline {slug!r} to trigger", edits)
         return
     if not target.steps:
         await _fail(
@@ -412,6 +460,7 @@ async def _trigger(tx: Tx, build: BuildRow, step: StepRow) -> None:
             step,
             f"pipeline {slug!r} has no stored steps to build "
             f"(set them with `conveyor pipeline set {slug} --steps FILE`)",
+            edits,
         )
         return
     spec = config.get("build", {})
@@ -435,7 +484,7 @@ async def _trigger(tx: Tx, build: BuildRow, step: StepRow) -> None:
             parent_step_id=step.id,
         )
     except ConveyorError as exc:
-        await _fail(tx, step, f"could not create the triggered build: {exc}")
+        await _fail(tx, step, f"could not create the triggered build: {exc}", edits)
         return
     await tx.update_step(
         step.id, config={**config, "triggered_build": {"id": child.id, "number": child.number}}

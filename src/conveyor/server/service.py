@@ -139,7 +139,7 @@ async def run_server(
             external_url=settings.external_url or base_url,
             match_any_agent=match_any_agent,
         )
-        tokens, created = await ensure_tokens(store, data_dir)
+        tokens, created = await ensure_tokens(ctx.store, data_dir)
         config = uvicorn.Config(
             create_app(ctx),
             log_config=None,

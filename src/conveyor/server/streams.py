@@ -1,14 +1,26 @@
-"""The agents' streams, and the pusher that hands runnable jobs to idle streaming agents.
+"""The agents' streams, and how runnable jobs are handed to idle streaming agents.
 
 Each worker keeps one `GET /agent/v1/stream` open; this replica keeps a bounded queue of
-messages per open stream. When work may have appeared (a build created, a job finished, an
-agent connected or went away) someone calls `kick()`; the pusher wakes, takes runnable jobs in
-dispatch order (priority, then age) and gives each to the best idle matching agent: the one
-that most recently finished a job successfully (its caches are warm), then the higher agent
-priority. Assignment is the same compare-and-set as for pings, so two replicas never hand one
-job out twice. The push carries the job's spec and a new job token, so the agent starts the job
-without an accept round trip; the job stays `assigned` until it starts, so an assignment whose
-push was lost is offered again (see `reaper.expire_assignments`).
+messages per open stream. Jobs are handed out in dispatch order (priority, then age), each to
+the best idle matching agent: the one that most recently finished a job successfully (its caches
+are warm), then the higher agent priority.
+
+Assignment happens in two places:
+
+- **Inside the transaction that makes work available** (a build created, a job finished and the
+  next step scheduled, an agent freed, a job put back in the queue), just before it commits
+  (`ServerStore` calls `assign`). The push goes out as soon as that transaction has committed:
+  no second transaction, no wake-up of another task on the way.
+- **The pusher** (`run`), woken by `kick()`, makes a full pass in a transaction of its own: it
+  re-reads which agents hold a job, then assigns. It covers what the first cannot see: a stream
+  that just opened, an agent resumed or retagged, agents freed in bulk (a cancel), another
+  connection's or replica's changes (PostgreSQL).
+
+Assignment is a compare-and-set on the job (and on the agent holding no job), as for pings, so
+no job is handed out twice and no agent is given two. The push carries the job's spec and a new
+job token, so the agent starts the job without an accept round trip; the job stays `assigned`
+until it starts, so an assignment whose push was lost is offered again (see
+`reaper.expire_assignments`).
 """
 
 from __future__ import annotations
@@ -18,15 +30,19 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from conveyor import protocol as p
-from conveyor.server.dispatcher import matches
-from conveyor.storage import Store, Tx
-from conveyor.storage.queries.base import utcnow
+from conveyor.server.dispatcher import matches, take_for_stream
+from conveyor.storage import Tx
+from conveyor.storage.queries.base import TxChanges, utcnow
 from conveyor.storage.rows import AgentRow, JobRow
+
+if TYPE_CHECKING:
+    from conveyor.server.transactions import ServerStore
 
 log = logging.getLogger("conveyor.server")
 
@@ -40,7 +56,18 @@ class _Stream:
     send: MemoryObjectSendStream[p.StreamMessage]
     receive: MemoryObjectReceiveStream[p.StreamMessage]
     busy: bool = False
+    # Chosen by a transaction that has not committed yet: no other pass may choose it.
+    reserved: bool = False
     opened_at: datetime = field(default_factory=utcnow)
+
+
+@dataclass(frozen=True)
+class Assigned:
+    """A job assigned to a streaming agent in a transaction, to push once it has committed."""
+
+    agent_id: str
+    job_id: str
+    spec: p.JobSpec | None
 
 
 MakeSpec = Callable[[Tx, JobRow, AgentRow], Awaitable[p.JobSpec]]
@@ -49,13 +76,24 @@ MakeSpec = Callable[[Tx, JobRow, AgentRow], Awaitable[p.JobSpec]]
 
 class StreamHub:
     def __init__(
-        self, store: Store, *, match_any_agent: bool = False, make_spec: MakeSpec | None = None
+        self,
+        store: ServerStore,
+        *,
+        match_any_agent: bool = False,
+        make_spec: MakeSpec | None = None,
     ) -> None:
         self._store = store
         self._match_any = match_any_agent
         self._make_spec = make_spec
         self._streams: dict[str, _Stream] = {}
         self._wake = anyio.Event()
+        # SQLite: every transaction of this server takes turns on one connection, so one that
+        # assigned before committing saw everything; a pass after it finds nothing new unless
+        # something the transactions do not record changed meanwhile (`_stale`).
+        self._one_connection = store.backend == "sqlite"
+        self._stale = True
+        # Pushes that found no stream: their jobs go back to the queue (by the pusher).
+        self._unpushed: list[Assigned] = []
 
     # ---- streams -----------------------------------------------------------------------------
 
@@ -65,8 +103,14 @@ class StreamHub:
         if old is not None:
             old.send.close()
         send, receive = anyio.create_memory_object_stream[p.StreamMessage](_QUEUE)
-        self._streams[agent.id] = _Stream(agent=agent, send=send, receive=receive, busy=busy)
-        self.kick()
+        self._streams[agent.id] = _Stream(
+            agent=agent,
+            send=send,
+            receive=receive,
+            busy=busy,
+            reserved=old is not None and old.reserved,
+        )
+        self._changed()
         return receive
 
     def close(self, agent_id: str, receive: MemoryObjectReceiveStream[p.StreamMessage]) -> None:
@@ -92,7 +136,7 @@ class StreamHub:
         stream = self._streams.get(agent.id)
         if stream is not None:
             stream.agent = agent
-        self.kick()
+        self._changed()
 
     def busy(self, agent_id: str) -> None:
         stream = self._streams.get(agent_id)
@@ -100,11 +144,13 @@ class StreamHub:
             stream.busy = True
 
     def job_done(self, agent: AgentRow) -> None:
-        """The agent finished its job: it is idle again, with what we now know of it."""
+        """The agent finished its job: what we now know of it (when it last succeeded).
+
+        That it holds no job any more was recorded by the transaction that said so (and that
+        transaction may already have given it the next job)."""
         stream = self._streams.get(agent.id)
         if stream is not None:
-            stream.agent = agent
-            stream.busy = False
+            stream.agent = dataclasses.replace(agent, current_job_id=stream.agent.current_job_id)
         self.kick()
 
     def close_all(self) -> None:
@@ -112,9 +158,130 @@ class StreamHub:
             stream.send.close()
         self._streams.clear()
 
+    # ---- assignment inside a transaction ----------------------------------------------------
+
+    def wants_pass(self, changes: TxChanges) -> bool:
+        """Could an assignment in this transaction find work and an agent for it?"""
+        if not (changes.runnable or changes.freed_agents):
+            return False
+        return any(self._available(s, changes.freed_agents) for s in self._streams.values())
+
+    async def assign(self, tx: Tx, *, refresh: bool = False) -> list[Assigned]:
+        """Assign runnable jobs to idle streaming agents in `tx`. The agents chosen are
+        reserved until `committed` or `rolled_back` is called with the result."""
+        if refresh:
+            # Whether an agent is busy is what the database says (a job offered to it may have
+            # been canceled, expired or refused since): the flags only bridge passes.
+            holding = await tx.agents_with_jobs()
+            for stream in self._streams.values():
+                if not stream.reserved:
+                    stream.busy = stream.agent.id in holding
+        freed = tx.changes.freed_agents
+        idle = [s for s in self._streams.values() if self._available(s, freed)]
+        if not idle:
+            return []
+        # Warm caches first: the agent that most recently finished a job successfully, then
+        # the agent's own priority.
+        idle.sort(key=lambda s: (s.agent.last_success_at or _EPOCH, s.agent.priority), reverse=True)
+        assigned: list[Assigned] = []
+        try:
+            for job in await tx.dispatch_candidates(max(8, 2 * len(idle))):
+                taken = await self._assign_job(tx, job, idle)
+                if taken is not None:
+                    assigned.append(taken)
+                if not idle:
+                    break
+        except BaseException:
+            self.rolled_back(assigned)
+            raise
+        return assigned
+
+    async def _assign_job(self, tx: Tx, job: JobRow, idle: list[_Stream]) -> Assigned | None:
+        for stream in list(idle):
+            if stream.reserved or not (
+                self._match_any or matches(job.agent_query, stream.agent.tags)
+            ):
+                continue
+            stream.reserved = True  # before the first await: no other pass takes it now
+            agent = stream.agent
+            now = utcnow()
+            try:
+                outcome = await take_for_stream(tx, job, agent.id, now)
+                if outcome == "job-taken":
+                    stream.reserved = False
+                    return None  # not runnable any more, or its group is full
+                if outcome == "agent-busy":
+                    stream.reserved = False
+                    idle.remove(stream)
+                    continue  # it holds a job after all (a ping, another replica...)
+                spec = None
+                if self._make_spec is not None:
+                    held = dataclasses.replace(
+                        job, state="assigned", agent_id=agent.id, assigned_at=now
+                    )
+                    spec = await self._make_spec(tx, held, agent)
+            except BaseException:
+                stream.reserved = False
+                raise
+            idle.remove(stream)
+            return Assigned(agent_id=agent.id, job_id=job.id, spec=spec)
+        return None
+
+    def committed(self, changes: TxChanges, assigned: list[Assigned]) -> None:
+        """A transaction committed: follow the agents it freed, push what it assigned."""
+        for agent_id in changes.freed_agents:
+            stream = self._streams.get(agent_id)
+            if stream is not None and not stream.reserved:
+                stream.busy = False
+        if changes.freed_unknown:
+            self._changed()
+        for item in assigned:
+            stream = self._streams.get(item.agent_id)
+            if stream is not None:
+                stream.reserved = False
+                stream.busy = True
+            message = p.StreamMessage(
+                type=p.StreamMessageType.JOB_ASSIGNED, job=p.JobRef(id=item.job_id), spec=item.spec
+            )
+            if not self.push(item.agent_id, message):
+                # The stream went away between the claim and the push, or its agent has not
+                # read it for a long time (its queue is full: it is dropped, the agent will
+                # reconnect). The job goes back to the queue.
+                if stream is not None:
+                    stream.send.close()
+                    del self._streams[item.agent_id]
+                self._unpushed.append(item)
+                self._changed()
+
+    def rolled_back(self, assigned: list[Assigned]) -> None:
+        """A transaction that assigned did not commit: nothing it chose is taken."""
+        for item in assigned:
+            stream = self._streams.get(item.agent_id)
+            if stream is not None:
+                stream.reserved = False
+        self._changed()
+
+    def _available(self, stream: _Stream, freed: set[str]) -> bool:
+        return (
+            not stream.reserved
+            and not stream.agent.paused
+            and (not stream.busy or stream.agent.id in freed)
+        )
+
     # ---- the pusher --------------------------------------------------------------------------
 
     def kick(self) -> None:
+        """Work may have appeared: make a pass soon (unless transactions already did)."""
+        if not self._one_connection:
+            self._stale = True
+        self._wake.set()
+
+    def sweep(self) -> None:
+        """A full pass whatever the transactions did (a safety net, called now and then)."""
+        self._changed()
+
+    def _changed(self) -> None:
+        self._stale = True
         self._wake.set()
 
     async def run(self) -> None:
@@ -122,63 +289,29 @@ class StreamHub:
             await self._wake.wait()
             self._wake = anyio.Event()
             try:
-                await self.dispatch()
+                await self._put_back_unpushed()
+                if self._stale:
+                    await self.dispatch()
             except Exception:
                 # A failed pass (a database hiccup) must not end dispatching; the next kick
                 # or the agents' pings retry.
+                self._stale = True
                 log.exception("dispatch pass failed")
 
-    def _idle(self) -> list[_Stream]:
-        idle = [s for s in self._streams.values() if not s.busy and not s.agent.paused]
-        # Warm caches first: the agent that most recently finished a job successfully, then
-        # the agent's own priority.
-        idle.sort(key=lambda s: (s.agent.last_success_at or _EPOCH, s.agent.priority), reverse=True)
-        return idle
-
     async def dispatch(self) -> None:
+        """A full pass, in a transaction of its own."""
+        self._stale = False
         if not self._streams:
             return
-        assigned: list[tuple[_Stream, str, p.JobSpec | None]] = []
-        async with self._store.transaction() as tx:
-            # Whether an agent is busy is what the database says (a job offered to it may have
-            # been canceled, expired or refused since): the flag here only bridges a pass.
-            holding = await tx.agents_with_jobs(list(self._streams))
-            for stream in self._streams.values():
-                stream.busy = stream.agent.id in holding
-            idle = self._idle()
-            if not idle:
-                return
-            for job in await tx.dispatch_candidates(max(8, 2 * len(idle))):
-                agent = next(
-                    (s for s in idle if self._match_any or matches(job.agent_query, s.agent.tags)),
-                    None,
-                )
-                if agent is None or not await tx.lock_if_free(job.id):
-                    continue
-                now = utcnow()
+        async with self._store.transaction(full_pass=True):
+            pass  # the pass runs as the transaction ends (`ServerStore.transaction`)
+
+    async def _put_back_unpushed(self) -> None:
+        while self._unpushed:
+            item = self._unpushed.pop()
+            async with self._store.transaction() as tx:
                 if await tx.transition_job(
-                    job.id, ["scheduled"], "assigned", agent_id=agent.agent.id, assigned_at=now
+                    item.job_id, ["assigned"], "scheduled", held_by=item.agent_id, agent_id=None
                 ):
-                    await tx.set_agent_job(agent.agent.id, job.id)
-                    spec = None
-                    if self._make_spec is not None:
-                        held = dataclasses.replace(
-                            job, state="assigned", agent_id=agent.agent.id, assigned_at=now
-                        )
-                        spec = await self._make_spec(tx, held, agent.agent)
-                    agent.busy = True
-                    idle.remove(agent)
-                    assigned.append((agent, job.id, spec))
-                if not idle:
-                    break
-        for stream, job_id, spec in assigned:
-            message = p.StreamMessage(
-                type=p.StreamMessageType.JOB_ASSIGNED, job=p.JobRef(id=job_id), spec=spec
-            )
-            if not self.push(stream.agent.id, message):
-                # The stream went away between the claim and the push: the job goes back.
-                async with self._store.transaction() as tx:
-                    if await tx.transition_job(job_id, ["assigned"], "scheduled", agent_id=None):
-                        await tx.revoke_job_tokens(job_id)
-                    await tx.set_agent_job(stream.agent.id, None)
-                self.kick()
+                    await tx.revoke_job_tokens(item.job_id)
+                    await tx.set_agent_job(item.agent_id, None)

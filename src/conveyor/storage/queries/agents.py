@@ -5,12 +5,48 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 
 from conveyor.errors import NotFoundError
 from conveyor.storage import tables as t
 from conveyor.storage.queries.base import QueryBase, new_id, utcnow
 from conveyor.storage.rows import AgentRow
+
+_LIVE = ["registered", "connected"]
+# Hot statements, built once (bound names in an UPDATE must differ from column names).
+_BY_ID = select(t.agents).where(t.agents.c.id == bindparam("of_agent"))
+_BY_ID_LOCKED = _BY_ID.with_for_update()
+_BUSY = select(t.agents.c.id).where(t.agents.c.current_job_id.is_not(None))
+_CLAIM = (
+    update(t.agents)
+    .where(
+        t.agents.c.id == bindparam("of_agent"),
+        t.agents.c.current_job_id.is_(None),
+        t.agents.c.paused == 0,
+        t.agents.c.state.in_(_LIVE),
+    )
+    .values(current_job_id=bindparam("job"))
+)
+_SET_JOB = (
+    update(t.agents)
+    .where(t.agents.c.id == bindparam("of_agent"))
+    .values(current_job_id=bindparam("job"))
+)
+_SET_JOB_SUCCEEDED = (
+    update(t.agents)
+    .where(t.agents.c.id == bindparam("of_agent"))
+    .values(current_job_id=bindparam("job"), last_success_at=bindparam("at"))
+)
+_HEARTBEAT = (
+    update(t.agents)
+    .where(t.agents.c.id == bindparam("of_agent"))
+    .values(last_heartbeat_at=bindparam("at"), last_seen_at=bindparam("at"))
+)
+_TOUCH = (
+    update(t.agents)
+    .where(t.agents.c.id == bindparam("of_agent"))
+    .values(last_seen_at=bindparam("at"))
+)
 
 
 def agent_row(r: Any) -> AgentRow:
@@ -70,10 +106,8 @@ class AgentQueries(QueryBase):
     async def get_agent(self, agent_id: str, *, lock: bool = False) -> AgentRow:
         """`lock` holds the agent's row until the transaction ends (PostgreSQL), so one agent's
         concurrent requests that change what it holds take turns."""
-        q = select(t.agents).where(t.agents.c.id == agent_id)
-        if lock and self.backend == "postgresql":
-            q = q.with_for_update()
-        r = (await self.conn.execute(q)).first()
+        q = _BY_ID_LOCKED if lock and self.backend == "postgresql" else _BY_ID
+        r = (await self.conn.execute(q, {"of_agent": agent_id})).first()
         if r is None:
             raise NotFoundError(f"no agent {agent_id}")
         return agent_row(r)
@@ -81,7 +115,7 @@ class AgentQueries(QueryBase):
     async def list_agents(self, *, include_gone: bool = False) -> list[AgentRow]:
         q = select(t.agents).order_by(t.agents.c.created_at)
         if not include_gone:
-            q = q.where(t.agents.c.state.in_(["registered", "connected"]))
+            q = q.where(t.agents.c.state.in_(_LIVE))
         return [agent_row(r) for r in await self.conn.execute(q)]
 
     async def set_agent_state(self, agent_id: str, state: str, **values: Any) -> None:
@@ -95,16 +129,17 @@ class AgentQueries(QueryBase):
             update(t.agents).where(t.agents.c.id == agent_id).values(state=state, **extra, **values)
         )
 
-    async def agents_with_jobs(self, agent_ids: list[str]) -> set[str]:
-        """Which of these agents hold a job (assigned, accepted or running) right now."""
-        if not agent_ids:
-            return set()
-        # Every busy agent, then the intersection here: an IN list of every streaming agent
-        # (a hundred bound values) cost more to compile on each dispatch pass than this.
-        rows = await self.conn.execute(
-            select(t.agents.c.id).where(t.agents.c.current_job_id.is_not(None))
-        )
-        return {r.id for r in rows} & set(agent_ids)
+    async def agents_with_jobs(self) -> set[str]:
+        """Every agent that holds a job (assigned, accepted or running) right now."""
+        # Not an IN list of the agents the caller cares about: a hundred bound values cost more
+        # to compile on each dispatch pass than reading every busy agent.
+        return {r.id for r in await self.conn.execute(_BUSY)}
+
+    async def claim_agent(self, agent_id: str, job_id: str) -> bool:
+        """Compare-and-set: give the job to a live, unpaused agent that holds none. False if
+        the agent holds a job (or is paused, or gone)."""
+        result = await self.conn.execute(_CLAIM, {"of_agent": agent_id, "job": job_id})
+        return bool(result.rowcount)
 
     async def update_agent(self, agent_id: str, **values: Any) -> None:
         await self.conn.execute(update(t.agents).where(t.agents.c.id == agent_id).values(**values))
@@ -125,7 +160,7 @@ class AgentQueries(QueryBase):
         """Live agents whose last sign of life is older than `before`."""
         rows = await self.conn.execute(
             select(t.agents).where(
-                t.agents.c.state.in_(["registered", "connected"]),
+                t.agents.c.state.in_(_LIVE),
                 t.agents.c.last_seen_at < before,
             )
         )
@@ -145,21 +180,18 @@ class AgentQueries(QueryBase):
         return bool(result.rowcount)
 
     async def record_heartbeat(self, agent_id: str, at: datetime) -> None:
-        await self.conn.execute(
-            update(t.agents)
-            .where(t.agents.c.id == agent_id)
-            .values(last_heartbeat_at=at, last_seen_at=at)
-        )
+        await self.conn.execute(_HEARTBEAT, {"of_agent": agent_id, "at": at})
 
     async def touch_agent(self, agent_id: str) -> None:
-        await self.conn.execute(
-            update(t.agents).where(t.agents.c.id == agent_id).values(last_seen_at=utcnow())
-        )
+        await self.conn.execute(_TOUCH, {"of_agent": agent_id, "at": utcnow()})
 
     async def set_agent_job(
         self, agent_id: str, job_id: str | None, *, succeeded: bool | None = None
     ) -> None:
-        values: dict[str, Any] = {"current_job_id": job_id}
+        params = {"of_agent": agent_id, "job": job_id}
         if succeeded:
-            values["last_success_at"] = utcnow()
-        await self.conn.execute(update(t.agents).where(t.agents.c.id == agent_id).values(**values))
+            await self.conn.execute(_SET_JOB_SUCCEEDED, {**params, "at": utcnow()})
+        else:
+            await self.conn.execute(_SET_JOB, params)
+        if job_id is None:
+            self.changes.freed_agents.add(agent_id)

@@ -6,7 +6,7 @@ import dataclasses
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -18,18 +18,20 @@ from conveyor.storage.queries.jobs import job_row, new_job_values
 from conveyor.storage.rows import BuildRow, NewStep, PipelineRow, StepRow
 
 
-def step_row(r: Any) -> StepRow:
+def step_row(r: Any, prefix: str = "") -> StepRow:
+    """A step from a result row; `prefix`: its columns are labelled `<prefix><column>`."""
+    m = r._mapping
     return StepRow(
-        id=r.id,
-        build_id=r.build_id,
-        position=r.position,
-        key=r.key,
-        kind=r.kind,
-        label=r.label,
-        config=dict(r.config),
-        depends_on=list(r.depends_on),
-        allow_dependency_failure=bool(r.allow_dependency_failure),
-        state=r.state,
+        id=m[prefix + "id"],
+        build_id=m[prefix + "build_id"],
+        position=m[prefix + "position"],
+        key=m[prefix + "key"],
+        kind=m[prefix + "kind"],
+        label=m[prefix + "label"],
+        config=dict(m[prefix + "config"]),
+        depends_on=list(m[prefix + "depends_on"]),
+        allow_dependency_failure=bool(m[prefix + "allow_dependency_failure"]),
+        state=m[prefix + "state"],
     )
 
 
@@ -50,11 +52,51 @@ _BUILD_COLUMNS = [
     t.pipelines.c.slug.label("pipeline_slug"),
     t.pipelines.c.repository.label("pipeline_repository"),
 ]
+_BUILDS = t.builds.join(t.pipelines, t.builds.c.pipeline_id == t.pipelines.c.id)
+
+# Hot statements, built once: building a statement anew costs about as much as running it on
+# SQLite. Bound names in an UPDATE must differ from column names.
+_PIPELINE_BY_SLUG = select(t.pipelines).where(t.pipelines.c.slug == bindparam("of_slug"))
+_BUILD_BY_ID = (
+    select(*_BUILD_COLUMNS).select_from(_BUILDS).where(t.builds.c.id == bindparam("of_build"))
+)
+_JOBS_OF_BUILD = (
+    select(t.jobs).where(t.jobs.c.build_id == bindparam("of_build")).order_by(t.jobs.c.created_at)
+)
+_STEPS_OF_BUILD = (
+    select(t.steps).where(t.steps.c.build_id == bindparam("of_build")).order_by(t.steps.c.position)
+)
+_STEP_BY_ID = select(t.steps).where(t.steps.c.id == bindparam("of_step"))
+_BUILD_AND_STEP = (
+    select(*_BUILD_COLUMNS, *(c.label(f"step_{c.name}") for c in t.steps.c))
+    .select_from(_BUILDS.join(t.steps, t.steps.c.build_id == t.builds.c.id))
+    .where(t.builds.c.id == bindparam("of_build"), t.steps.c.id == bindparam("of_step"))
+)
+_LOCK_BUILD = select(t.builds.c.id).where(t.builds.c.id == bindparam("of_build")).with_for_update()
+_SET_STEP_STATE = (
+    update(t.steps).where(t.steps.c.id == bindparam("of_step")).values(state=bindparam("to_state"))
+)
+_MARK_STARTED = (
+    update(t.builds)
+    .where(t.builds.c.id == bindparam("of_build"), t.builds.c.state == BuildState.SCHEDULED.value)
+    .values(state=BuildState.RUNNING.value, started_at=bindparam("at"))
+)
+_BUMP_NUMBER = (
+    update(t.pipelines)
+    .where(t.pipelines.c.id == bindparam("of_pipeline"))
+    .values(next_build_number=t.pipelines.c.next_build_number + 1)
+)
+_NEXT_NUMBER = select(t.pipelines.c.next_build_number).where(
+    t.pipelines.c.id == bindparam("of_pipeline")
+)
+_INSERT_BUILD = t.builds.insert()
+_INSERT_STEPS = t.steps.insert()
+_INSERT_JOBS = t.jobs.insert()
 
 
 class BuildQueries(QueryBase):
     async def get_or_create_pipeline(self, slug: str) -> PipelineRow:
-        r = (await self.conn.execute(select(t.pipelines).where(t.pipelines.c.slug == slug))).first()
+        r = (await self.conn.execute(_PIPELINE_BY_SLUG, {"of_slug": slug})).first()
         if r is not None:
             return _pipeline_row(r)
         # Two first builds of one pipeline may race: the loser's insert does nothing, and both
@@ -73,22 +115,14 @@ class BuildQueries(QueryBase):
             )
             .on_conflict_do_nothing(index_elements=["slug"])
         )
-        r = (await self.conn.execute(select(t.pipelines).where(t.pipelines.c.slug == slug))).one()
+        r = (await self.conn.execute(_PIPELINE_BY_SLUG, {"of_slug": slug})).one()
         return _pipeline_row(r)
 
     async def _next_build_number(self, pipeline_id: str) -> int:
         # The UPDATE takes the row lock first, so concurrent builds of one pipeline get
         # distinct numbers on PostgreSQL; SQLite has one writer anyway.
-        await self.conn.execute(
-            update(t.pipelines)
-            .where(t.pipelines.c.id == pipeline_id)
-            .values(next_build_number=t.pipelines.c.next_build_number + 1)
-        )
-        r = (
-            await self.conn.execute(
-                select(t.pipelines.c.next_build_number).where(t.pipelines.c.id == pipeline_id)
-            )
-        ).one()
+        await self.conn.execute(_BUMP_NUMBER, {"of_pipeline": pipeline_id})
+        r = (await self.conn.execute(_NEXT_NUMBER, {"of_pipeline": pipeline_id})).one()
         return int(r[0]) - 1
 
     async def insert_build(
@@ -111,21 +145,22 @@ class BuildQueries(QueryBase):
         build_id = new_id()
         now = utcnow()
         await self.conn.execute(
-            t.builds.insert().values(
-                id=build_id,
-                pipeline_id=pipeline.id,
-                number=number,
-                state="scheduled",
-                branch=branch,
-                commit=commit,
-                message=message,
-                source=source,
-                env=env,
-                pipeline_text=pipeline_text,
-                created_at=now,
-                meta_data=meta_data or {},
-                parent_step_id=parent_step_id,
-            )
+            _INSERT_BUILD,
+            {
+                "id": build_id,
+                "pipeline_id": pipeline.id,
+                "number": number,
+                "state": "scheduled",
+                "branch": branch,
+                "commit": commit,
+                "message": message,
+                "source": source,
+                "env": env,
+                "pipeline_text": pipeline_text,
+                "created_at": now,
+                "meta_data": meta_data or {},
+                "parent_step_id": parent_step_id,
+            },
         )
         await self.insert_steps(build_id, steps, position=0)
         return build_id
@@ -176,9 +211,9 @@ class BuildQueries(QueryBase):
                 }
             )
             job_values.extend(new_job_values(build_id, step_id, job, now) for job in step.jobs)
-        await self.conn.execute(t.steps.insert(), step_values)
+        await self.conn.execute(_INSERT_STEPS, step_values)
         if job_values:
-            await self.conn.execute(t.jobs.insert(), job_values)
+            await self.conn.execute(_INSERT_JOBS, job_values)
         return step_ids
 
     async def delete_pending_steps(self, build_id: str) -> list[str]:
@@ -215,13 +250,13 @@ class BuildQueries(QueryBase):
         return [r.id for r in rows]
 
     async def get_step(self, step_id: str) -> StepRow:
-        r = (await self.conn.execute(select(t.steps).where(t.steps.c.id == step_id))).first()
+        r = (await self.conn.execute(_STEP_BY_ID, {"of_step": step_id})).first()
         if r is None:
             raise NotFoundError(f"no step {step_id}")
         return step_row(r)
 
     async def get_pipeline(self, slug: str) -> PipelineRow:
-        r = (await self.conn.execute(select(t.pipelines).where(t.pipelines.c.slug == slug))).first()
+        r = (await self.conn.execute(_PIPELINE_BY_SLUG, {"of_slug": slug})).first()
         if r is None:
             raise NotFoundError(f"no pipeline {slug!r}")
         return _pipeline_row(r)
@@ -239,27 +274,24 @@ class BuildQueries(QueryBase):
             )
         return await self.get_pipeline(slug)
 
-    async def _build_alone(self, where: Any) -> BuildRow:
-        """The build's own row (with its pipeline's slug), without steps and jobs."""
-        r = (
-            await self.conn.execute(
-                select(*_BUILD_COLUMNS)
-                .select_from(t.builds.join(t.pipelines, t.builds.c.pipeline_id == t.pipelines.c.id))
-                .where(where)
-            )
-        ).first()
+    async def _build_alone(self, where: Any, params: dict[str, Any] | None = None) -> BuildRow:
+        """The build's own row (with its pipeline's slug), without steps and jobs. `where` is
+        a condition, or a prebuilt statement run with `params`."""
+        statement = (
+            where
+            if params is not None
+            else select(*_BUILD_COLUMNS).select_from(_BUILDS).where(where)
+        )
+        r = (await self.conn.execute(statement, params)).first()
         if r is None:
             raise NotFoundError("no such build")
         return _build_row(r)
 
-    async def _build(self, where: Any) -> BuildRow:
-        build = await self._build_alone(where)
-        jobs = await self.conn.execute(
-            select(t.jobs).where(t.jobs.c.build_id == build.id).order_by(t.jobs.c.created_at)
-        )
-        steps = await self.conn.execute(
-            select(t.steps).where(t.steps.c.build_id == build.id).order_by(t.steps.c.position)
-        )
+    async def _build(self, where: Any, params: dict[str, Any] | None = None) -> BuildRow:
+        build = await self._build_alone(where, params)
+        of_build = {"of_build": build.id}
+        jobs = await self.conn.execute(_JOBS_OF_BUILD, of_build)
+        steps = await self.conn.execute(_STEPS_OF_BUILD, of_build)
         step_list = [step_row(s) for s in steps]
         position = {s.id: s.position for s in step_list}
         job_list = sorted(
@@ -268,12 +300,21 @@ class BuildQueries(QueryBase):
         return dataclasses.replace(build, jobs=job_list, steps=step_list)
 
     async def get_build(self, build_id: str) -> BuildRow:
-        return await self._build(t.builds.c.id == build_id)
+        return await self._build(_BUILD_BY_ID, {"of_build": build_id})
 
     async def get_build_alone(self, build_id: str) -> BuildRow:
         """The build without its steps and jobs (empty lists): one small query, for callers
         that need only the build's own fields."""
-        return await self._build_alone(t.builds.c.id == build_id)
+        return await self._build_alone(_BUILD_BY_ID, {"of_build": build_id})
+
+    async def get_build_and_step(self, build_id: str, step_id: str) -> tuple[BuildRow, StepRow]:
+        """The build without its steps and jobs, and one of its steps: one query."""
+        r = (
+            await self.conn.execute(_BUILD_AND_STEP, {"of_build": build_id, "of_step": step_id})
+        ).first()
+        if r is None:
+            raise NotFoundError(f"no step {step_id} in build {build_id}")
+        return _build_row(r), step_row(r, "step_")
 
     async def get_build_by_number(self, pipeline_slug: str, number: int) -> BuildRow:
         try:
@@ -303,9 +344,7 @@ class BuildQueries(QueryBase):
         settled one after the other, each seeing the other's result.
         """
         if self.backend == "postgresql":
-            await self.conn.execute(
-                select(t.builds.c.id).where(t.builds.c.id == build_id).with_for_update()
-            )
+            await self.conn.execute(_LOCK_BUILD, {"of_build": build_id})
 
     async def set_build_state(self, build_id: str, state: str, **values: Any) -> None:
         """Change the build's state, if BUILD_TRANSITIONS allows it from the current one."""
@@ -325,15 +364,11 @@ class BuildQueries(QueryBase):
     async def mark_build_started(self, build_id: str, at: datetime) -> bool:
         """A job of the build started: a `scheduled` build is `running` from now. True if it
         was scheduled."""
-        result = await self.conn.execute(
-            update(t.builds)
-            .where(t.builds.c.id == build_id, t.builds.c.state == BuildState.SCHEDULED.value)
-            .values(state=BuildState.RUNNING.value, started_at=at)
-        )
+        result = await self.conn.execute(_MARK_STARTED, {"of_build": build_id, "at": at})
         return bool(result.rowcount)
 
     async def set_step_state(self, step_id: str, state: str) -> None:
-        await self.conn.execute(update(t.steps).where(t.steps.c.id == step_id).values(state=state))
+        await self.conn.execute(_SET_STEP_STATE, {"of_step": step_id, "to_state": state})
 
 
 def _build_row(r: Any, **extra: Any) -> BuildRow:

@@ -4,15 +4,71 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import datetime
+from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import func, select, text, update
+from sqlalchemy import Select, Update, bindparam, func, select, text, update
 
 from conveyor.errors import InvalidStateError, NotFoundError
 from conveyor.protocol import JobState, can_transition
 from conveyor.storage import tables as t
 from conveyor.storage.queries.base import QueryBase, new_id, utcnow
 from conveyor.storage.rows import JobRow, NewJob
+
+# Hot statements, built once: building a statement anew costs about as much as running it on
+# SQLite. Bound names in an UPDATE must differ from column names.
+_BY_ID = select(t.jobs).where(t.jobs.c.id == bindparam("of_job"))
+_LOCK_IF_FREE = (
+    select(t.jobs.c.id)
+    .where(t.jobs.c.id == bindparam("of_job"), t.jobs.c.state == "scheduled")
+    .with_for_update(skip_locked=True)
+)
+_ASSIGNED_TO = select(t.jobs).where(
+    t.jobs.c.agent_id == bindparam("of_agent"), t.jobs.c.state == "assigned"
+)
+_SCHEDULE_STEP = (
+    update(t.jobs)
+    .where(t.jobs.c.step_id == bindparam("of_step"), t.jobs.c.state == "pending")
+    .values(state="scheduled", runnable_at=bindparam("now"))
+)
+_SKIP_STEP = (
+    update(t.jobs)
+    .where(t.jobs.c.step_id == bindparam("of_step"), t.jobs.c.state.in_(["pending", "scheduled"]))
+    .values(state="skipped", finished_at=bindparam("now"))
+)
+_ADD_LOG_SIZE = (
+    update(t.jobs)
+    .where(t.jobs.c.id == bindparam("of_job"))
+    .values(log_size=t.jobs.c.log_size + bindparam("size"))
+)
+
+
+@lru_cache(maxsize=256)
+def _transition(froms: tuple[str, ...], held: bool, columns: tuple[str, ...]) -> Update:
+    """The compare-and-set of `transition_job` for one shape of call."""
+    where = [t.jobs.c.id == bindparam("of_job"), t.jobs.c.state.in_(froms)]
+    if held:
+        where.append(t.jobs.c.agent_id == bindparam("held_by"))
+    values: dict[str, Any] = {"state": bindparam("to_state")}
+    values.update({c: bindparam(f"new_{c}") for c in columns})
+    return update(t.jobs).where(*where).values(values)
+
+
+@lru_cache(maxsize=512)
+def _candidates(limit: int) -> Select[Any]:
+    return (
+        select(t.jobs)
+        .where(t.jobs.c.state == "scheduled")
+        .order_by(t.jobs.c.priority.desc(), t.jobs.c.runnable_at, t.jobs.c.id)
+        .limit(limit)
+    )
+
+
+@lru_cache(maxsize=64)
+def _of_agent(states: tuple[str, ...]) -> Select[Any]:
+    return select(t.jobs).where(
+        t.jobs.c.agent_id == bindparam("of_agent"), t.jobs.c.state.in_(states)
+    )
 
 
 def job_row(r: Any) -> JobRow:
@@ -73,7 +129,7 @@ def new_job_values(build_id: str, step_id: str, job: NewJob, now: datetime) -> d
 
 class JobQueries(QueryBase):
     async def get_job(self, job_id: str) -> JobRow:
-        r = (await self.conn.execute(select(t.jobs).where(t.jobs.c.id == job_id))).first()
+        r = (await self.conn.execute(_BY_ID, {"of_job": job_id})).first()
         if r is None:
             raise NotFoundError(f"no job {job_id}")
         return job_row(r)
@@ -93,12 +149,14 @@ class JobQueries(QueryBase):
         target = JobState(to_state)
         if not all(can_transition(JobState(f), target) for f in froms):
             raise InvalidStateError(f"no job goes from {froms} to {to_state} (JOB_TRANSITIONS)")
-        where = [t.jobs.c.id == job_id, t.jobs.c.state.in_(froms)]
-        if held_by is not None:
-            where.append(t.jobs.c.agent_id == held_by)
-        result = await self.conn.execute(
-            update(t.jobs).where(*where).values(state=to_state, **values)
-        )
+        statement = _transition(tuple(froms), held_by is not None, tuple(values))
+        params = {"of_job": job_id, "to_state": to_state, "held_by": held_by}
+        params.update({f"new_{c}": v for c, v in values.items()})
+        if held_by is None:
+            del params["held_by"]
+        result = await self.conn.execute(statement, params)
+        if to_state == "scheduled" and result.rowcount:
+            self.changes.runnable = True
         return bool(result.rowcount)
 
     async def require_transition(
@@ -124,6 +182,10 @@ class JobQueries(QueryBase):
         await self._cancel_jobs(t.jobs.c.step_id == step_id)
 
     async def _cancel_jobs(self, which: Any) -> None:
+        # Whose tokens and which agents: not read here (a cancel is rare, and this is four
+        # statements already); whoever keeps them in memory looks again.
+        self.changes.revoked_unknown = True
+        self.changes.freed_unknown = True
         assigned = select(t.jobs.c.id).where(which, t.jobs.c.state == "assigned")
         # Agents that were offered one of these jobs hold nothing any more.
         await self.conn.execute(
@@ -150,19 +212,19 @@ class JobQueries(QueryBase):
             .values(state="canceling")
         )
 
-    async def schedule_step_jobs(self, step_id: str) -> None:
-        await self.conn.execute(
-            update(t.jobs)
-            .where(t.jobs.c.step_id == step_id, t.jobs.c.state == "pending")
-            .values(state="scheduled", runnable_at=utcnow())
-        )
+    async def schedule_step_jobs(self, step_id: str) -> datetime:
+        """The step's pending jobs are runnable from now (returned: their `runnable_at`)."""
+        now = utcnow()
+        result = await self.conn.execute(_SCHEDULE_STEP, {"of_step": step_id, "now": now})
+        if result.rowcount:
+            self.changes.runnable = True
+        return now
 
-    async def skip_step_jobs(self, step_id: str) -> None:
-        await self.conn.execute(
-            update(t.jobs)
-            .where(t.jobs.c.step_id == step_id, t.jobs.c.state.in_(["pending", "scheduled"]))
-            .values(state="skipped", finished_at=utcnow())
-        )
+    async def skip_step_jobs(self, step_id: str) -> datetime:
+        """The step's jobs that did not start are skipped (returned: their `finished_at`)."""
+        now = utcnow()
+        await self.conn.execute(_SKIP_STEP, {"of_step": step_id, "now": now})
+        return now
 
     async def dispatch_candidates(self, limit: int, *, exclude: Iterable[str] = ()) -> list[JobRow]:
         """Runnable jobs in dispatch order: priority first, then the longest waiting.
@@ -170,12 +232,7 @@ class JobQueries(QueryBase):
         Nothing is locked here: a claimer locks only the one job it takes (`lock_if_free`), so
         claimers at the same moment never starve each other.
         """
-        q = (
-            select(t.jobs)
-            .where(t.jobs.c.state == "scheduled")
-            .order_by(t.jobs.c.priority.desc(), t.jobs.c.runnable_at, t.jobs.c.id)
-            .limit(limit)
-        )
+        q = _candidates(limit)
         excluded = list(exclude)
         if excluded:
             q = q.where(t.jobs.c.id.not_in(excluded))
@@ -187,21 +244,11 @@ class JobQueries(QueryBase):
         writer: the compare-and-set that follows is enough there."""
         if self.backend != "postgresql":
             return True
-        row = (
-            await self.conn.execute(
-                select(t.jobs.c.id)
-                .where(t.jobs.c.id == job_id, t.jobs.c.state == "scheduled")
-                .with_for_update(skip_locked=True)
-            )
-        ).first()
+        row = (await self.conn.execute(_LOCK_IF_FREE, {"of_job": job_id})).first()
         return row is not None
 
     async def assigned_job(self, agent_id: str) -> JobRow | None:
-        r = (
-            await self.conn.execute(
-                select(t.jobs).where(t.jobs.c.agent_id == agent_id, t.jobs.c.state == "assigned")
-            )
-        ).first()
+        r = (await self.conn.execute(_ASSIGNED_TO, {"of_agent": agent_id})).first()
         return None if r is None else job_row(r)
 
     async def insert_attempt(self, job: JobRow, *, state: str = "scheduled") -> str:
@@ -231,6 +278,8 @@ class JobQueries(QueryBase):
                 timeout_minutes=job.timeout_minutes,
             )
         )
+        if state == "scheduled":
+            self.changes.runnable = True
         return job_id
 
     async def overdue_jobs(self, now: datetime) -> list[JobRow]:
@@ -293,12 +342,8 @@ class JobQueries(QueryBase):
         return [job_row(r) for r in rows]
 
     async def jobs_of_agent(self, agent_id: str, states: Iterable[str]) -> list[JobRow]:
-        rows = await self.conn.execute(
-            select(t.jobs).where(t.jobs.c.agent_id == agent_id, t.jobs.c.state.in_(list(states)))
-        )
+        rows = await self.conn.execute(_of_agent(tuple(states)), {"of_agent": agent_id})
         return [job_row(r) for r in rows]
 
     async def add_log_size(self, job_id: str, size: int) -> None:
-        await self.conn.execute(
-            update(t.jobs).where(t.jobs.c.id == job_id).values(log_size=t.jobs.c.log_size + size)
-        )
+        await self.conn.execute(_ADD_LOG_SIZE, {"of_job": job_id, "size": size})

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 from datetime import datetime
+from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import Update, bindparam, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -89,6 +90,16 @@ _BUMP_NUMBER = (
 _NEXT_NUMBER = select(t.pipelines.c.next_build_number).where(
     t.pipelines.c.id == bindparam("of_pipeline")
 )
+_SHIFT_OUT = (
+    update(t.steps)
+    .where(t.steps.c.build_id == bindparam("of_build"), t.steps.c.position >= bindparam("at"))
+    .values(position=-t.steps.c.position - 1)
+)
+_SHIFT_IN = (
+    update(t.steps)
+    .where(t.steps.c.build_id == bindparam("of_build"), t.steps.c.position < 0)
+    .values(position=-t.steps.c.position - 1 + bindparam("n"))
+)
 _INSERT_BUILD = t.builds.insert()
 _INSERT_STEPS = t.steps.insert()
 _INSERT_JOBS = t.jobs.insert()
@@ -162,28 +173,23 @@ class BuildQueries(QueryBase):
                 "parent_step_id": parent_step_id,
             },
         )
-        await self.insert_steps(build_id, steps, position=0)
+        await self.insert_steps(build_id, steps, position=0, fresh=True)
         return build_id
 
     async def insert_steps(
-        self, build_id: str, steps: list[NewStep], *, position: int
+        self, build_id: str, steps: list[NewStep], *, position: int, fresh: bool = False
     ) -> list[str]:
-        """Insert steps (and their pending jobs) at `position`, moving later steps along.
+        """Insert steps (and their pending jobs) at `position`, moving later steps along
+        (`fresh`: the build has no steps yet, nothing to move).
 
         Returns the new steps' ids, in order.
         """
         if not steps:
             return []
-        later = (t.steps.c.build_id == build_id) & (t.steps.c.position >= position)
-        # Two updates, because positions are unique and a single "+ n" would collide midway.
-        await self.conn.execute(
-            update(t.steps).where(later).values(position=-t.steps.c.position - 1)
-        )
-        await self.conn.execute(
-            update(t.steps)
-            .where((t.steps.c.build_id == build_id) & (t.steps.c.position < 0))
-            .values(position=-t.steps.c.position - 1 + len(steps))
-        )
+        if not fresh:
+            # Two updates, because positions are unique and a single "+ n" would collide.
+            await self.conn.execute(_SHIFT_OUT, {"of_build": build_id, "at": position})
+            await self.conn.execute(_SHIFT_IN, {"of_build": build_id, "n": len(steps)})
         now = utcnow()
         step_ids = [new_id() for _ in steps]
         step_values: list[dict[str, Any]] = []
@@ -348,13 +354,9 @@ class BuildQueries(QueryBase):
 
     async def set_build_state(self, build_id: str, state: str, **values: Any) -> None:
         """Change the build's state, if BUILD_TRANSITIONS allows it from the current one."""
-        target = BuildState(state)
-        sources = [s.value for s in BuildState if target in BUILD_TRANSITIONS[s] or s == target]
-        result = await self.conn.execute(
-            update(t.builds)
-            .where(t.builds.c.id == build_id, t.builds.c.state.in_(sources))
-            .values(state=state, **values)
-        )
+        statement = _set_build_state(BuildState(state), tuple(values))
+        params = {"of_build": build_id, **{f"new_{c}": v for c, v in values.items()}}
+        result = await self.conn.execute(statement, params)
         if not result.rowcount:
             current = await self.get_build(build_id)
             raise InvalidStateError(
@@ -369,6 +371,19 @@ class BuildQueries(QueryBase):
 
     async def set_step_state(self, step_id: str, state: str) -> None:
         await self.conn.execute(_SET_STEP_STATE, {"of_step": step_id, "to_state": state})
+
+
+@lru_cache(maxsize=64)
+def _set_build_state(target: BuildState, columns: tuple[str, ...]) -> Update:
+    """Compare-and-set of a build's state, from every state BUILD_TRANSITIONS allows."""
+    sources = [s.value for s in BuildState if target in BUILD_TRANSITIONS[s] or s == target]
+    values: dict[str, Any] = {"state": target.value}
+    values.update({c: bindparam(f"new_{c}") for c in columns})
+    return (
+        update(t.builds)
+        .where(t.builds.c.id == bindparam("of_build"), t.builds.c.state.in_(sources))
+        .values(values)
+    )
 
 
 def _build_row(r: Any, **extra: Any) -> BuildRow:

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import httpx
 import pytest
+from sqlalchemy import event
 
 from conveyor import protocol as p
 from conveyor.client import AgentClient
-from conveyor.errors import APIError
+from conveyor.errors import APIError, JobGoneError
 from conveyor.server.service import ServerHandle
 from tests.harness import Api
+from tests.server.drive import finish, new_agent, take_job
 
 pytestmark = pytest.mark.anyio
 
@@ -92,3 +96,35 @@ async def test_each_api_takes_only_its_own_tokens(
     r = await http.get("/api/v1/builds")
     assert r.status_code == 401
     assert r.json() == {"message": "missing Authorization: Token <token> header"}
+
+
+async def test_a_token_seen_lately_is_taken_without_reading_it_again(
+    server: ServerHandle, http: httpx.AsyncClient, api: Api
+) -> None:
+    """Known tokens come from the server's cache (no transaction per request); a token
+    revoked through this server is refused at once all the same."""
+    statements: list[str] = []
+
+    def note(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        statements.append(statement)
+
+    engine = server.ctx.store.db.engine.sync_engine
+    event.listen(engine, "before_cursor_execute", note)
+    try:
+        await api.create_build("steps:\n  - command: echo hi\n")
+        agent = await new_agent(http, server, "cached")
+        _, job = await take_job(agent)
+        await job.start()
+        statements.clear()
+        await agent.heartbeat()
+        await job.upload_chunk(1, 0, b"hi\n")
+        assert (await job.state()).state == p.JobState.RUNNING
+        assert not [s for s in statements if "FROM tokens" in s], statements
+        await finish(job)
+        # The job's token went with the finish: refused at once, though it was cached.
+        with pytest.raises(JobGoneError):
+            await job.state()
+        # The agent's own token still works.
+        await agent.heartbeat()
+    finally:
+        event.remove(engine, "before_cursor_execute", note)

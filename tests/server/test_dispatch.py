@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anyio
 import httpx
 import pytest
+from sqlalchemy import event
 
 from conveyor import protocol as p
 from conveyor.errors import APIError, JobGoneError
 from conveyor.server.service import ServerHandle
 from tests.harness import Api
-from tests.server.drive import new_agent, run_job, take_job
+from tests.server.drive import finish, new_agent, run_job, take_job
 
 pytestmark = pytest.mark.anyio
 
@@ -138,3 +143,101 @@ steps:
     second = await run_job(plain)
     assert {first.id, second.id} == {j.id for j in more.jobs}
     assert (await plain.ping()).job is None
+
+
+# ---- streams: assignment inside the transaction that makes work available --------------------
+
+
+class Transactions:
+    """The statements of each committed transaction on the server's database, in order."""
+
+    def __init__(self, server: ServerHandle) -> None:
+        self.engine = server.ctx.store.db.engine.sync_engine
+        self.open: dict[int, list[str]] = {}
+        self.committed: list[list[str]] = []
+
+    def _statement(self, conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        self.open.setdefault(id(conn), []).append(" ".join(statement.split()))
+
+    def _commit(self, conn: Any) -> None:
+        self.committed.append(self.open.pop(id(conn), []))
+
+    def __enter__(self) -> Transactions:
+        event.listen(self.engine, "before_cursor_execute", self._statement)
+        event.listen(self.engine, "commit", self._commit)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        event.remove(self.engine, "before_cursor_execute", self._statement)
+        event.remove(self.engine, "commit", self._commit)
+
+    def one_with(self, start: str, *parts: str) -> list[str]:
+        """The one transaction with a statement that starts so (and has `parts`)."""
+        (found,) = [
+            tx
+            for tx in self.committed
+            if any(s.startswith(start) and all(p in s for p in parts) for s in tx)
+        ]
+        return found
+
+
+def _assigns(statements: list[str]) -> bool:
+    return any(s.startswith("UPDATE jobs SET state=") and "agent_id=" in s for s in statements)
+
+
+async def _next_spec(messages: AsyncIterator[p.StreamMessage]) -> p.JobSpec:
+    async for message in messages:
+        if message.type == p.StreamMessageType.JOB_ASSIGNED:
+            assert message.spec is not None
+            return message.spec
+    raise AssertionError("the stream ended")
+
+
+async def test_a_build_is_given_to_an_idle_streaming_agent_in_the_transaction_creating_it(
+    server: ServerHandle, http: httpx.AsyncClient, api: Api
+) -> None:
+    """No second transaction (nor a wake-up of the pusher) between a job becoming runnable and
+    its push: the transaction that creates the build assigns it, with the pushed token; and
+    the one that finishes it gives the agent the job that waited meanwhile."""
+    agent = await new_agent(http, server, "streaming")
+    async with agent.stream() as messages:
+        with Transactions(server) as log:
+            first = await api.create_build("steps:\n  - command: one\n")
+            with anyio.fail_after(10):
+                spec = await _next_spec(messages)
+        assert spec.id == first.jobs[0].id
+        created = log.one_with("INSERT INTO builds")
+        assert _assigns(created)
+        assert any(s.startswith("INSERT INTO tokens") for s in created)
+
+        second = await api.create_build("steps:\n  - command: two\n")  # waits: the agent is busy
+        job = agent.job_client(spec)
+        await job.start()
+        with Transactions(server) as log:
+            await finish(job)
+            with anyio.fail_after(10):
+                following = await _next_spec(messages)
+        assert following.id == second.jobs[0].id
+        finished = log.one_with("UPDATE jobs SET state=", "exit_status=")
+        assert _assigns(finished)
+
+
+async def test_streaming_agents_keep_to_concurrency_groups(
+    server: ServerHandle, http: httpx.AsyncClient, api: Api
+) -> None:
+    """At most `concurrency` jobs of a group run at once, also when they go out on streams."""
+    step = "steps:\n  - {command: deploy, concurrency: 1, concurrency_group: prod}\n"
+    first = await api.create_build(step)
+    pinging = await new_agent(http, server, "pinging")
+    spec, running = await take_job(pinging)
+    assert spec.id == first.jobs[0].id
+    await running.start()
+    streaming = await new_agent(http, server, "streaming")
+    async with streaming.stream() as messages:
+        second = await api.create_build(step)
+        await server.ctx.streams.dispatch()  # a full pass: still nothing to hand out
+        assert await _job_state(api, second.jobs[0].id) == (p.JobState.SCHEDULED, None)
+        await finish(running)  # the group has room again
+        with anyio.fail_after(10):
+            spec = await _next_spec(messages)
+        assert spec.id == second.jobs[0].id

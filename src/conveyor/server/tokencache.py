@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 
 from conveyor.storage.queries.base import TxChanges
 from conveyor.storage.rows import TokenRow
@@ -24,8 +25,11 @@ DEFAULT_TTL_S = 5.0
 
 
 class TokenCache:
-    def __init__(self, ttl: float = DEFAULT_TTL_S) -> None:
+    def __init__(
+        self, ttl: float = DEFAULT_TTL_S, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.ttl = ttl
+        self._clock = clock
         # hash → (monotonic expiry, row); in insertion order, so expired entries are at the front.
         self._rows: OrderedDict[str, tuple[float, TokenRow]] = OrderedDict()
         self._generation = 0
@@ -40,7 +44,7 @@ class TokenCache:
         entry = self._rows.get(digest)
         if entry is None:
             return None
-        if entry[0] <= time.monotonic():
+        if entry[0] <= self._clock():
             del self._rows[digest]
             return None
         return entry[1]
@@ -49,7 +53,7 @@ class TokenCache:
         """Remember a live token read from the database when the read began at `generation`."""
         if generation != self._generation or self.ttl <= 0:
             return
-        now = time.monotonic()
+        now = self._clock()
         self._rows.pop(digest, None)
         self._rows[digest] = (now + self.ttl, row)
         while self._rows:

@@ -48,3 +48,46 @@ async def test_transactions_record_what_became_runnable(store: Store) -> None:
         # A compare-and-set that did not match changed nothing.
         assert not await tx.transition_job(job_id, ["assigned"], "scheduled", agent_id=None)
         assert not tx.changes.runnable
+
+
+async def test_a_claim_never_waits_for_a_row_or_group_another_transaction_holds(
+    store: Store,
+) -> None:
+    """Claims for streams run inside transactions that hold locks of their own: on PostgreSQL
+    they pass over what is locked instead of waiting (which could close a cycle)."""
+    if store.backend != "postgresql":
+        pytest.skip("SQLite has one writer: nothing is ever held by another transaction")
+    (job_id,) = await scheduled_jobs(store, 1)
+    async with store.transaction() as tx:
+        agent = await insert_agent(tx, "a")
+    async with store.transaction() as holder:
+        await holder.get_agent(agent, lock=True)
+        assert await holder.lock_group("deploy", wait=False)
+        async with store.transaction() as other:
+            assert not await other.claim_agent(agent, job_id)
+            assert not await other.lock_group("deploy", wait=False)
+    async with store.transaction() as tx:
+        assert await tx.claim_agent(agent, job_id)
+        assert await tx.lock_group("deploy", wait=False)
+
+
+async def test_a_job_starts_only_held_by_its_agent_from_assigned_or_accepted(store: Store) -> None:
+    pushed, pinged = await scheduled_jobs(store, 2)
+    async with store.transaction() as tx:
+        agent = await insert_agent(tx, "a")
+        other = await insert_agent(tx, "other")
+        for job_id in (pushed, pinged):
+            assert await tx.transition_job(job_id, ["scheduled"], "assigned", agent_id=agent)
+        await tx.require_transition(pinged, ["assigned"], "accepted", accepted_at=utcnow())
+        accepted_at = (await tx.get_job(pinged)).accepted_at
+    started = utcnow()
+    async with store.transaction() as tx:
+        assert not await tx.start_job(pushed, other, started)  # not the agent holding it
+        assert await tx.start_job(pushed, agent, started)
+        assert not await tx.start_job(pushed, agent, started)  # running already
+        assert await tx.start_job(pinged, agent, started)
+        job = await tx.get_job(pushed)
+        assert (job.state, job.started_at) == ("running", started)
+        assert job.accepted_at is not None  # started straight from `assigned`
+        # An accepted job keeps the time it was accepted.
+        assert (await tx.get_job(pinged)).accepted_at == accepted_at

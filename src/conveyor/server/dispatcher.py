@@ -79,30 +79,37 @@ async def take_for_stream(
 ) -> Literal["assigned", "job-taken", "agent-busy"]:
     """Assign a runnable job to a streaming agent that should hold none.
 
-    Two compare-and-sets: the agent from no job to this one (it is live, not paused), then the
-    job from `scheduled` to `assigned`. "job-taken": the job is not runnable any more, or its
-    concurrency group is full; "agent-busy": the agent holds a job after all, is paused or gone.
+    Compare-and-sets: the agent from no job to this one (it is live and not paused), then the
+    job from `scheduled` to `assigned`. Nothing here waits for a lock another transaction
+    holds (this runs inside transactions that hold locks of their own): a busy agent row, a
+    concurrency group being settled or a job being claimed elsewhere is passed over, and the
+    pass that follows that other transaction's commit looks again. "job-taken": the job is not
+    runnable any more, its group is full or busy; "agent-busy": the agent holds a job after
+    all, is paused or gone, or its row is busy.
     """
-    if job.concurrency_group and not await _group_has_room(tx, job):
-        return "job-taken"
-    if not await tx.lock_if_free(job.id):
-        return "job-taken"
+    # Locks in the order pings take them (agent, group, job), so the two never wait in a cycle.
     if not await tx.claim_agent(agent_id, job.id):
         return "agent-busy"
-    if not await tx.transition_job(
-        job.id, ["scheduled"], "assigned", agent_id=agent_id, assigned_at=now
+    if (
+        (job.concurrency_group and not await _group_has_room(tx, job, wait=False))
+        or not await tx.lock_if_free(job.id)
+        or not await tx.transition_job(
+            job.id, ["scheduled"], "assigned", agent_id=agent_id, assigned_at=now
+        )
     ):
         await tx.set_agent_job(agent_id, None)
         return "job-taken"
     return "assigned"
 
 
-async def _group_has_room(tx: Tx, job: JobRow) -> bool:
+async def _group_has_room(tx: Tx, job: JobRow, *, wait: bool = True) -> bool:
     """A job of a concurrency group runs only while fewer than its limit hold a slot, and
-    only when it is the group's longest-waiting job (groups run in order, across builds)."""
+    only when it is the group's longest-waiting job (groups run in order, across builds).
+    Without `wait`, a group another transaction is settling right now has no room."""
     assert job.concurrency_group is not None
     # Held until the transaction ends: two claims in one group are settled one at a time.
-    await tx.lock_group(job.concurrency_group)
+    if not await tx.lock_group(job.concurrency_group, wait=wait):
+        return False
     limit = job.concurrency_limit or 1
     if await tx.running_in_group(job.concurrency_group) >= limit:
         return False

@@ -85,9 +85,14 @@ async def reaper_loop(ctx: ServerContext, lost_after: float) -> None:
     interval = max(0.5, min(lost_after / 4, ASSIGNMENT_TIMEOUT_S / 3))
     while True:
         await anyio.sleep(interval)
-        await reap_once(ctx, lost_after)
-        await expire_assignments(ctx)
-        await expire_timeouts(ctx)
+        try:
+            await reap_once(ctx, lost_after)
+            await expire_assignments(ctx)
+            await expire_timeouts(ctx)
+        except Exception:
+            # A failed round (a database hiccup; on PostgreSQL, a transaction chosen to break
+            # a deadlock) must not stop the server: the next round does the same work.
+            log.exception("reaper round failed")
         # A safety net under the assignments made as transactions commit: one full pass of
         # the pusher every round, whatever it was told.
         ctx.streams.sweep()

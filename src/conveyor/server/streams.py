@@ -150,7 +150,7 @@ class StreamHub:
         transaction may already have given it the next job)."""
         stream = self._streams.get(agent.id)
         if stream is not None:
-            stream.agent = dataclasses.replace(agent, current_job_id=stream.agent.current_job_id)
+            stream.agent = agent
         self.kick()
 
     def close_all(self) -> None:

@@ -17,13 +17,23 @@ _LIVE = ["registered", "connected"]
 _BY_ID = select(t.agents).where(t.agents.c.id == bindparam("of_agent"))
 _BY_ID_LOCKED = _BY_ID.with_for_update()
 _BUSY = select(t.agents.c.id).where(t.agents.c.current_job_id.is_not(None))
-_CLAIM = (
+_CLAIMABLE = (
+    t.agents.c.id == bindparam("of_agent"),
+    t.agents.c.current_job_id.is_(None),
+    t.agents.c.paused == 0,
+    t.agents.c.state.in_(_LIVE),
+)
+_CLAIM = update(t.agents).where(*_CLAIMABLE).values(current_job_id=bindparam("job"))
+# PostgreSQL: an agent whose row another transaction holds is not waited for (it is busy
+# changing, and waiting could close a cycle of locks with that transaction).
+_CLAIM_SKIP_LOCKED = (
     update(t.agents)
     .where(
-        t.agents.c.id == bindparam("of_agent"),
-        t.agents.c.current_job_id.is_(None),
-        t.agents.c.paused == 0,
-        t.agents.c.state.in_(_LIVE),
+        t.agents.c.id
+        == select(t.agents.c.id)
+        .where(*_CLAIMABLE)
+        .with_for_update(skip_locked=True)
+        .scalar_subquery()
     )
     .values(current_job_id=bindparam("job"))
 )
@@ -137,8 +147,10 @@ class AgentQueries(QueryBase):
 
     async def claim_agent(self, agent_id: str, job_id: str) -> bool:
         """Compare-and-set: give the job to a live, unpaused agent that holds none. False if
-        the agent holds a job (or is paused, or gone)."""
-        result = await self.conn.execute(_CLAIM, {"of_agent": agent_id, "job": job_id})
+        the agent holds a job (or is paused, or gone), or, on PostgreSQL, if another
+        transaction is changing its row right now (never waited for)."""
+        statement = _CLAIM_SKIP_LOCKED if self.backend == "postgresql" else _CLAIM
+        result = await self.conn.execute(statement, {"of_agent": agent_id, "job": job_id})
         return bool(result.rowcount)
 
     async def update_agent(self, agent_id: str, **values: Any) -> None:

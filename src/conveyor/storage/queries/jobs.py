@@ -36,6 +36,24 @@ _SKIP_STEP = (
     .where(t.jobs.c.step_id == bindparam("of_step"), t.jobs.c.state.in_(["pending", "scheduled"]))
     .values(state="skipped", finished_at=bindparam("now"))
 )
+_START = (
+    update(t.jobs)
+    .where(
+        t.jobs.c.id == bindparam("of_job"),
+        t.jobs.c.state.in_(["assigned", "accepted"]),
+        t.jobs.c.agent_id == bindparam("held_by"),
+    )
+    .values(
+        state="running",
+        started_at=bindparam("started"),
+        # A job pushed with its token starts straight from `assigned`: accepted now.
+        accepted_at=func.coalesce(
+            t.jobs.c.accepted_at, bindparam("now", type_=t.jobs.c.accepted_at.type)
+        ),
+    )
+)
+_LOCK_GROUP = text("SELECT pg_advisory_xact_lock(hashtext(:group))")
+_TRY_LOCK_GROUP = text("SELECT pg_try_advisory_xact_lock(hashtext(:group))")
 _ADD_LOG_SIZE = (
     update(t.jobs)
     .where(t.jobs.c.id == bindparam("of_job"))
@@ -172,6 +190,15 @@ class JobQueries(QueryBase):
         if not await self.transition_job(job_id, froms, to_state, held_by=held_by, **values):
             job = await self.get_job(job_id)
             raise InvalidStateError(f"job {job_id} is {job.state}, not {' or '.join(froms)}")
+
+    async def start_job(self, job_id: str, agent_id: str, started_at: datetime) -> bool:
+        """Compare-and-set: the job, assigned or accepted and held by `agent_id`, runs from
+        `started_at`. One statement; False if it was not so (read the job to say why)."""
+        result = await self.conn.execute(
+            _START,
+            {"of_job": job_id, "held_by": agent_id, "started": started_at, "now": utcnow()},
+        )
+        return bool(result.rowcount)
 
     async def cancel_build_jobs(self, build_id: str) -> None:
         """Jobs nothing runs yet are canceled; jobs an agent runs go to `canceling`."""
@@ -328,12 +355,15 @@ class JobQueries(QueryBase):
         ).first()
         return None if r is None else str(r.id)
 
-    async def lock_group(self, group: str) -> None:
-        """Serialise claims within one concurrency group (PostgreSQL; SQLite has one writer)."""
-        if self.backend == "postgresql":
-            await self.conn.execute(
-                text("SELECT pg_advisory_xact_lock(hashtext(:group))"), {"group": group}
-            )
+    async def lock_group(self, group: str, *, wait: bool = True) -> bool:
+        """Serialise claims within one concurrency group (PostgreSQL; SQLite has one writer).
+        Without `wait`, False when another transaction holds the group right now."""
+        if self.backend != "postgresql":
+            return True
+        if wait:
+            await self.conn.execute(_LOCK_GROUP, {"group": group})
+            return True
+        return bool((await self.conn.execute(_TRY_LOCK_GROUP, {"group": group})).scalar())
 
     async def stale_assignments(self, before: datetime) -> list[JobRow]:
         rows = await self.conn.execute(

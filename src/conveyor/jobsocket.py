@@ -32,8 +32,17 @@ def encode(message: Mapping[str, object]) -> bytes:
     return json.dumps(message, separators=(",", ":")).encode() + b"\n"
 
 
-def missing_in(env: Mapping[str, str]) -> list[str]:
-    return [name for name in (SOCKET_ENV, TOKEN_ENV) if not env.get(name)]
+def from_env(env: Mapping[str, str], command: str) -> tuple[str, str]:
+    """(socket path, token) of the job this runs in, or an error naming `command` outside one."""
+    missing = [name for name in (SOCKET_ENV, TOKEN_ENV) if not env.get(name)]
+    if missing:
+        raise ConveyorError(
+            f"`{command}` works only inside a job run by a Conveyor agent: "
+            + " and ".join(missing)
+            + (" is" if len(missing) == 1 else " are")
+            + " not set (the agent sets them for the job's command)"
+        )
+    return env[SOCKET_ENV], env[TOKEN_ENV]
 
 
 async def request(socket_path: str, message: Mapping[str, object]) -> object:

@@ -351,24 +351,14 @@ async def test_cancel_runs_pre_exit_and_leaves_no_process(tmp_path: Path) -> Non
         f"(env -i setsid sh -c 'echo $$ > {pidfile}; exec sleep 300' &) ; "
         f"while [ ! -s {pidfile} ]; do sleep 0.01; done; echo READY; sleep 300"
     )
-    screen = Screen()
-    env = job_env(tmp_path, command, CONVEYOR_HOOKS_PATH=str(hooks))
-    run = JobRun(command=command, env=env, cwd=tmp_path, argv=EXECUTOR, cancel_grace=5)
-    runner = JobRunner(run, RecordingSink(), tee=screen)
-    with anyio.fail_after(60):
-        async with anyio.create_task_group() as tg:
-
-            async def cancel_when_ready() -> None:
-                await screen.wait_for("READY")
-                runner.cancel(SignalReason.CANCEL)
-
-            tg.start_soon(cancel_when_ready)
-            result = await runner.run()
+    result, text = await cancel_after(
+        tmp_path, command, "READY", grace=5, CONVEYOR_HOOKS_PATH=str(hooks)
+    )
     daemon = int(pidfile.read_text())
     try:
         assert result.exit_status == -1
         assert result.signal == "SIGTERM"
-        assert "PRE-EXIT cancelled=true" in screen.text
+        assert "PRE-EXIT cancelled=true" in text
         await wait_gone(daemon)
     finally:
         kill_quietly(daemon)
@@ -455,24 +445,12 @@ async def test_pre_exit_runs_within_the_grace_when_the_command_ignores_the_signa
     hooks = tmp_path / "hooks"
     hook(hooks, "pre-exit", 'echo "PRE-EXIT RAN"\n')
     command = "trap '' TERM; echo READY; sleep 300; sleep 300"
-    screen = Screen()
-    env = job_env(
-        tmp_path, command, CONVEYOR_HOOKS_PATH=str(hooks), CONVEYOR_CANCEL_GRACE_PERIOD="4"
+    result, text = await cancel_after(
+        tmp_path, command, "READY", grace=4, CONVEYOR_HOOKS_PATH=str(hooks)
     )
-    run = JobRun(command=command, env=env, cwd=tmp_path, argv=EXECUTOR, cancel_grace=4)
-    runner = JobRunner(run, RecordingSink(), tee=screen)
-    with anyio.fail_after(30):
-        async with anyio.create_task_group() as tg:
-
-            async def cancel_when_ready() -> None:
-                await screen.wait_for("READY")
-                runner.cancel(SignalReason.CANCEL)
-
-            tg.start_soon(cancel_when_ready)
-            result = await runner.run()
     assert result.exit_status == -1
-    assert "did not stop in time: killing its processes" in screen.text
-    assert "PRE-EXIT RAN" in screen.text
+    assert "did not stop in time: killing its processes" in text
+    assert "PRE-EXIT RAN" in text
 
 
 async def cancel_after(

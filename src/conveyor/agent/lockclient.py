@@ -42,15 +42,7 @@ class LockClient:
     @classmethod
     def from_env(cls, env: Mapping[str, str], command: str) -> LockClient:
         """The client of the job this runs in, or a clear error outside one."""
-        missing = [name for name in (SOCKET_ENV, TOKEN_ENV) if not env.get(name)]
-        if missing:
-            raise ConveyorError(
-                f"`{command}` works only inside a job run by a Conveyor agent: "
-                + " and ".join(missing)
-                + (" is" if len(missing) == 1 else " are")
-                + " not set (the agent sets them for the job's command)"
-            )
-        return cls(env[SOCKET_ENV], env[TOKEN_ENV])
+        return cls(*jobsocket.from_env(env, command))
 
     async def call(
         self, op: Op, key: str, *, lock_token: str | None = None, max_wait: float | None = None

@@ -16,15 +16,7 @@ from conveyor.errors import ConveyorError
 
 
 def _call(command: str, message: dict[str, object]) -> object:
-    missing = jobsocket.missing_in(os.environ)
-    if missing:
-        raise ConveyorError(
-            f"`{command}` works only inside a job run by a Conveyor agent: "
-            + " and ".join(missing)
-            + (" is" if len(missing) == 1 else " are")
-            + " not set (the agent sets them for the job's command)"
-        )
-    socket_path, token = os.environ[jobsocket.SOCKET_ENV], os.environ[jobsocket.TOKEN_ENV]
+    socket_path, token = jobsocket.from_env(os.environ, command)
     return anyio.run(jobsocket.request, socket_path, {"token": token, **message})
 
 

@@ -45,6 +45,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -54,8 +55,10 @@ from pathlib import Path
 import anyio
 import anyio.abc
 import anyio.to_thread
+import asyncpg
 import httpx
 from anyio.streams.buffered import BufferedByteReceiveStream
+from sqlalchemy.engine import make_url
 
 try:
     from bench import _harness as h
@@ -118,10 +121,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="the server's --chunk-max-size in bytes (default: the server's, 1 MiB)",
     )
     parser.add_argument(
-        "--database-url",
+        "--postgres",
         default=None,
-        help="run the server on this database (postgresql://…) instead of SQLite in the "
-        "temporary data dir; it must be empty or a Conveyor database",
+        metavar="URL",
+        help="run the server on PostgreSQL instead of SQLite: a fresh database is created on "
+        "the server of this URL (e.g. postgresql://postgres@127.0.0.1:5432/postgres) and "
+        "dropped at the end",
     )
     parser.add_argument(
         "--profile",
@@ -428,6 +433,30 @@ class MarkerStripper:
         return held
 
 
+@asynccontextmanager
+async def scratch_database(admin_url: str) -> AsyncIterator[str]:
+    """A new, empty PostgreSQL database on the server of `admin_url`; dropped on exit."""
+    admin = make_url(admin_url)
+    name = f"conveyor_bench_{uuid.uuid4().hex[:12]}"
+
+    async def execute(sql: str) -> None:
+        conn = await asyncpg.connect(
+            host=admin.host, port=admin.port, user=admin.username, database=admin.database,
+            password=admin.password,
+        )  # fmt: skip
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    await execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield admin.set(database=name).render_as_string(hide_password=False)
+    finally:
+        with anyio.CancelScope(shield=True):
+            await execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 # ---- the REST API -------------------------------------------------------------------------------
 
 
@@ -508,16 +537,17 @@ class SystemRun:
 
 async def system(args: argparse.Namespace, total: int) -> SystemRun:
     pty = not args.no_pty
-    with tempfile.TemporaryDirectory(prefix="conveyor-bench-logs-") as tmp_name:
-        tmp = Path(tmp_name)
+    async with contextlib.AsyncExitStack() as stack:
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="conveyor-bench-logs-")))
         server_argv = [
             sys.executable, "-m", "conveyor", "server", "--listen", "127.0.0.1:0",
             "--data-dir", str(tmp / "server"), "--log-level", "warning",
         ]  # fmt: skip
         if args.chunk_max_size is not None:
             server_argv += ["--chunk-max-size", str(args.chunk_max_size)]
-        if args.database_url is not None:
-            server_argv += ["--database-url", args.database_url]
+        if args.postgres is not None:
+            url = await stack.enter_async_context(scratch_database(args.postgres))
+            server_argv += ["--database-url", url]
         async with (
             running(server_argv, tmp / "server.log", stdout_pipe=True) as server_proc,
             anyio.create_task_group() as tg,

@@ -241,3 +241,25 @@ async def test_streaming_agents_keep_to_concurrency_groups(
         with anyio.fail_after(10):
             spec = await _next_spec(messages)
         assert spec.id == second.jobs[0].id
+
+
+async def test_a_group_slot_freed_by_a_disconnect_goes_to_a_streaming_agent_at_once(
+    server: ServerHandle, http: httpx.AsyncClient, api: Api
+) -> None:
+    step = "steps:\n  - {command: deploy, concurrency: 1, concurrency_group: prod}\n"
+    await api.create_build(step)
+    leaving = await new_agent(http, server, "leaving")
+    _, running = await take_job(leaving)
+    await running.start()
+    streaming = await new_agent(http, server, "streaming")
+    async with streaming.stream() as messages:
+        second = await api.create_build(step)
+        assert await _job_state(api, second.jobs[0].id) == (p.JobState.SCHEDULED, None)
+        # Its running job ends (agent_stop) in the disconnect's transaction, which hands the
+        # waiting job out before it commits.
+        await leaving.disconnect()
+        state, holder = await _job_state(api, second.jobs[0].id)
+        assert state == p.JobState.ASSIGNED and holder is not None
+        with anyio.fail_after(10):
+            spec = await _next_spec(messages)
+        assert spec.id == second.jobs[0].id

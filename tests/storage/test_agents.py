@@ -48,6 +48,10 @@ async def test_transactions_record_what_became_runnable(store: Store) -> None:
         # A compare-and-set that did not match changed nothing.
         assert not await tx.transition_job(job_id, ["assigned"], "scheduled", agent_id=None)
         assert not tx.changes.runnable
+    async with store.transaction() as tx:
+        # A job that ends may leave room in its concurrency group.
+        assert await tx.transition_job(job_id, ["scheduled"], "canceled")
+        assert tx.changes.runnable
 
 
 async def test_a_claim_never_waits_for_a_row_or_group_another_transaction_holds(

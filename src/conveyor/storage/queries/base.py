@@ -37,7 +37,8 @@ class TxChanges:
     revoked_unknown: bool = False
     """Tokens were revoked in bulk, without knowing whose (a cancel)."""
     runnable: bool = False
-    """A job became runnable (scheduled), or went back to the queue."""
+    """A job became runnable (scheduled), went back to the queue, or ended (a concurrency
+    group may have room for another)."""
     freed_agents: set[str] = field(default_factory=set)
     """Agents that hold no job any more."""
     freed_unknown: bool = False

@@ -173,7 +173,8 @@ class JobQueries(QueryBase):
         if held_by is None:
             del params["held_by"]
         result = await self.conn.execute(statement, params)
-        if to_state == "scheduled" and result.rowcount:
+        if result.rowcount and (to_state == "scheduled" or target.terminal):
+            # Runnable again; or ended, and its concurrency group may have room now.
             self.changes.runnable = True
         return bool(result.rowcount)
 

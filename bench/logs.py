@@ -78,6 +78,7 @@ assert len(LINE) == 100, len(LINE)
 SLUG = "logs"
 SAMPLE_S = 0.1
 STARTUP_TIMEOUT_S = 60.0
+STOP_GRACE_S = 3.0
 STOP_TIMEOUT_S = 30.0
 # Where the benchmark's progress marks the memory samples.
 MARKS = (25, 50, 75, 100)
@@ -308,7 +309,9 @@ class Sampler:
 async def running(
     argv: list[str], log_path: Path, *, stdout_pipe: bool = False
 ) -> AsyncIterator[anyio.abc.Process]:
-    """Run `argv` in a session of its own; SIGTERM on exit, SIGKILL to its group if it lingers."""
+    """Run `argv` in a session of its own. On exit: SIGTERM; a second SIGTERM if it is still
+    there after a moment (an agent stopped mid-job cancels the job then, rather than let it run
+    to its end); SIGKILL to its group if it lingers."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CONVEYOR_")}
     with log_path.open("wb") as log_file:
         process = await anyio.open_process(
@@ -323,11 +326,12 @@ async def running(
         yield process
     finally:
         with anyio.CancelScope(shield=True):
-            if process.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    process.send_signal(signal.SIGTERM)
-            with anyio.move_on_after(STOP_TIMEOUT_S):
-                await process.wait()
+            for wait in (STOP_GRACE_S, STOP_TIMEOUT_S):
+                if process.returncode is None:
+                    with contextlib.suppress(ProcessLookupError):
+                        process.send_signal(signal.SIGTERM)
+                with anyio.move_on_after(wait):
+                    await process.wait()
             if process.returncode is None:
                 h.progress(f"{argv[3]} process {process.pid} did not stop in time: killing it")
                 with contextlib.suppress(ProcessLookupError):

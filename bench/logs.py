@@ -95,7 +95,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             "byte stored, against the same command under `script -q` to /dev/null (PTY) or "
             "piped to `cat > /dev/null` (--no-pty) in the same run. Reports MB/s, the ratio, "
             "and the peak RSS of the agent and the server (VmHWM), with RSS samples at 25/50/"
-            "75/100 %% of the log. The stored log is read back and must equal the command's "
+            "75/100 % of the log. The stored log is read back and must equal the command's "
             "output exactly."
         ),
         epilog=(

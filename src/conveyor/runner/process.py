@@ -35,6 +35,7 @@ import anyio
 import anyio.to_thread
 
 READ_SIZE = 64 * 1024
+BATCH_SIZE = 256 * 1024
 JOB_MARKER = "CONVEYOR_JOB_ID"
 """The variable that tells a job's processes from any other, wherever they moved."""
 DRAIN_IDLE_S = 0.2
@@ -102,17 +103,34 @@ class _Pump:
                 with anyio.CancelScope() as self._waiting:
                     await anyio.wait_readable(self._fd)
                 self._waiting = None
+            data, ended = self._read_available()
+            if data:
+                await self._on_output(data)
+            if ended:
+                return
+
+    def _read_available(self) -> tuple[bytes, bool]:
+        """Everything the terminal holds now, up to BATCH_SIZE, and whether it has ended.
+
+        A PTY hands out at most a few KiB per read; passing each piece on alone costs far
+        more (a wait, the log's lock, a cancel scope) than the read itself, so a busy
+        terminal is drained in one go."""
+        pieces: list[bytes] = []
+        size = 0
+        while size < BATCH_SIZE:
             try:
-                data = os.read(self._fd, READ_SIZE)
+                piece = os.read(self._fd, READ_SIZE)
             except BlockingIOError:
-                continue
+                break
             except OSError as exc:
                 if exc.errno == errno.EIO:  # the PTY's last writer closed it: normal end
-                    return
+                    return b"".join(pieces), True
                 raise
-            if not data:
-                return
-            await self._on_output(data)
+            if not piece:
+                return b"".join(pieces), True
+            pieces.append(piece)
+            size += len(piece)
+        return b"".join(pieces), False
 
 
 DRAIN_AFTER_STOP_S = 2.0

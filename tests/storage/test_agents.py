@@ -86,10 +86,11 @@ async def test_a_job_starts_only_held_by_its_agent_from_assigned_or_accepted(sto
         accepted_at = (await tx.get_job(pinged)).accepted_at
     started = utcnow()
     async with store.transaction() as tx:
-        assert not await tx.start_job(pushed, other, started)  # not the agent holding it
-        assert await tx.start_job(pushed, agent, started)
-        assert not await tx.start_job(pushed, agent, started)  # running already
-        assert await tx.start_job(pinged, agent, started)
+        build_id = (await tx.get_job(pushed)).build_id
+        assert await tx.start_job(pushed, other, started) is None  # not the agent holding it
+        assert await tx.start_job(pushed, agent, started) == build_id
+        assert await tx.start_job(pushed, agent, started) is None  # running already
+        assert await tx.start_job(pinged, agent, started) == build_id
         job = await tx.get_job(pushed)
         assert (job.state, job.started_at) == ("running", started)
         assert job.accepted_at is not None  # started straight from `assigned`

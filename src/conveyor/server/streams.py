@@ -211,9 +211,12 @@ class StreamHub:
                     stream.reserved = False
                     return None  # not runnable any more, or its group is full
                 if outcome == "agent-busy":
+                    # It holds a job after all (taken by a ping), is paused or gone: not
+                    # offered again until a full pass reads what it holds.
                     stream.reserved = False
+                    stream.busy = True
                     idle.remove(stream)
-                    continue  # it holds a job after all (a ping, another replica...)
+                    continue
                 spec = None
                 if self._make_spec is not None:
                     held = dataclasses.replace(

@@ -51,6 +51,7 @@ _START = (
             t.jobs.c.accepted_at, bindparam("now", type_=t.jobs.c.accepted_at.type)
         ),
     )
+    .returning(t.jobs.c.build_id)
 )
 _LOCK_GROUP = text("SELECT pg_advisory_xact_lock(hashtext(:group))")
 _TRY_LOCK_GROUP = text("SELECT pg_try_advisory_xact_lock(hashtext(:group))")
@@ -192,14 +193,16 @@ class JobQueries(QueryBase):
             job = await self.get_job(job_id)
             raise InvalidStateError(f"job {job_id} is {job.state}, not {' or '.join(froms)}")
 
-    async def start_job(self, job_id: str, agent_id: str, started_at: datetime) -> bool:
+    async def start_job(self, job_id: str, agent_id: str, started_at: datetime) -> str | None:
         """Compare-and-set: the job, assigned or accepted and held by `agent_id`, runs from
-        `started_at`. One statement; False if it was not so (read the job to say why)."""
+        `started_at`. One statement; returns the job's build id, or None if it was not so
+        (read the job to say why)."""
         result = await self.conn.execute(
             _START,
             {"of_job": job_id, "held_by": agent_id, "started": started_at, "now": utcnow()},
         )
-        return bool(result.rowcount)
+        row = result.first()
+        return None if row is None else str(row.build_id)
 
     async def cancel_build_jobs(self, build_id: str) -> None:
         """Jobs nothing runs yet are canceled; jobs an agent runs go to `canceling`."""

@@ -187,6 +187,9 @@ Index("ix_steps_build", steps.c.build_id)
 Index("ix_builds_created", builds.c.created_at)
 Index("ix_jobs_concurrency", jobs.c.concurrency_group, jobs.c.state)
 Index("ix_builds_parent_step", builds.c.parent_step_id)
+Index("ix_tokens_job", tokens.c.job_id)
+Index("ix_tokens_agent", tokens.c.agent_id)
+Index("ix_jobs_agent", jobs.c.agent_id)
 
 log_chunks = Table(
     "log_chunks",

@@ -85,7 +85,8 @@ def _has_work(opts: WorkerOptions, env: Mapping[str, str], workdir: Path) -> boo
     dirs = [workdir / d for d in REPOSITORY_HOOK_DIRS]
     if opts.hooks_path is not None:
         dirs.append(opts.hooks_path)
-    return any((d / phase).is_file() for d in dirs for phase in PHASES)
+    # One look per directory when it is not there (the common case), not one per phase.
+    return any((d / phase).is_file() for d in dirs if d.is_dir() for phase in PHASES)
 
 
 async def executor_argv(

@@ -60,11 +60,15 @@ class Api:
     """A thin REST client for tests, with the server's API token."""
 
     def __init__(self, handle: ServerHandle):
+        assert handle.api_token is not None
         self.handle = handle
-        self.http = httpx.AsyncClient(
-            base_url=handle.url, headers={"Authorization": f"Token {handle.api_token}"},
-            timeout=60,
-        )  # fmt: skip
+        self.http = self.client(handle.url, handle.api_token)
+
+    @staticmethod
+    def client(url: str, token: str) -> httpx.AsyncClient:
+        return httpx.AsyncClient(
+            base_url=url, headers={"Authorization": f"Token {token}"}, timeout=60
+        )
 
     async def __aenter__(self) -> Api:
         return self

@@ -29,7 +29,7 @@ from conveyor import protocol as p
 from conveyor.agent import AgentPool, WorkerOptions
 from conveyor.runner.logstream import QUEUED_CHUNKS, UPLOADERS
 from tests.cli.procs import Background, background, clean_env
-from tests.harness import running_server
+from tests.harness import Api, running_server
 
 pytestmark = pytest.mark.anyio
 
@@ -82,31 +82,16 @@ class Job:
         await anyio.Path(self.stop).touch()
 
 
-class Rest:
-    """The REST calls the tests make, with the server's API token."""
+class Rest(Api):
+    """The harness's REST calls, for a server in another process (no handle to it)."""
 
     def __init__(self, url: str, token: str):
-        self.http = httpx.AsyncClient(
-            base_url=url, headers={"Authorization": f"Token {token}"}, timeout=60
-        )
+        self.http = Api.client(url, token)
 
-    async def create_build(self, pipeline: str) -> p.BuildOut:
-        r = await self.http.post("/api/v1/pipelines/faults/builds", json={"pipeline": pipeline})
-        assert r.status_code == 201, r.text
-        return p.BuildOut.model_validate(r.json())
+    async def create_build(self, pipeline: str, slug: str = "faults", **body: object) -> p.BuildOut:
+        return await super().create_build(pipeline, slug, **body)
 
-    async def wait_build(self, build: p.BuildOut, timeout: float) -> p.BuildOut:
-        with anyio.fail_after(timeout):
-            while not build.state.terminal:
-                r = await self.http.get(
-                    f"/api/v1/pipelines/{build.pipeline}/builds/{build.number}",
-                    params={"wait": 30, "after": build.version},
-                )
-                assert r.status_code == 200, r.text
-                build = p.BuildOut.model_validate(r.json())
-        return build
-
-    async def log(self, job_id: str, timestamps: str = "strip") -> httpx.Response:
+    async def log_response(self, job_id: str, timestamps: str = "strip") -> httpx.Response:
         r = await self.http.get(f"/api/v1/jobs/{job_id}/log", params={"timestamps": timestamps})
         assert r.status_code == 200, r.text
         return r
@@ -132,10 +117,10 @@ async def check_log(rest: Rest, build: p.BuildOut, outage: tuple[float, float]) 
     """Stored once, in order, complete; and lines were written while the server was away."""
     job = build.jobs[0]
     assert (job.state, job.exit_status, job.chunks_failed_count) == (p.JobState.FINISHED, 0, 0)
-    log = (await rest.log(job.id)).content
+    log = (await rest.log_response(job.id)).content
     count = int(log.rsplit(b"done ", 1)[1])
     assert log == expected_log(count)
-    raw = await rest.log(job.id, "raw")
+    raw = await rest.log_response(job.id, "raw")
     assert raw.headers["x-conveyor-log-gaps"] == "0"
     assert int(raw.headers["x-conveyor-log-size"]) == len(raw.content) == job.log_size
     start, end = (int(t * 1000) for t in outage)

@@ -95,11 +95,18 @@ def job_env(tmp_path: Path, command: str, **extra: str) -> dict[str, str]:
 
 
 async def run_job(
-    tmp_path: Path, command: str, screen: Screen | None = None, **extra: str
+    tmp_path: Path,
+    command: str,
+    screen: Screen | None = None,
+    *,
+    use_pty: bool = True,
+    **extra: str,
 ) -> tuple[JobResult, str]:
     screen = screen or Screen()
     env = job_env(tmp_path, command, **extra)
-    run = JobRun(command=command, env=env, cwd=tmp_path, argv=EXECUTOR, cancel_grace=5)
+    run = JobRun(
+        command=command, env=env, cwd=tmp_path, argv=EXECUTOR, cancel_grace=5, use_pty=use_pty
+    )
     with anyio.fail_after(60):
         result = await JobRunner(run, RecordingSink(), tee=screen).run()
     return result, screen.text
@@ -127,6 +134,25 @@ async def test_hooks_run_in_order_around_the_command(tmp_path: Path) -> None:
     ]
     positions = order(text, *marks)
     assert positions == sorted(positions), text
+
+
+@pytest.mark.parametrize("use_pty", [True, False], ids=["pty", "pipes"])
+async def test_the_executor_on_a_pty_or_on_pipes(tmp_path: Path, use_pty: bool) -> None:
+    hooks = tmp_path / "hooks"
+    hook(hooks, "pre-command", "echo HOOK\n")
+    screen = Screen()
+    result, text = await run_job(
+        tmp_path,
+        'if [ -t 1 ]; then echo "ON A TERMINAL"; else echo "ON A PIPE"; fi',
+        screen,
+        use_pty=use_pty,
+        CONVEYOR_HOOKS_PATH=str(hooks),
+    )
+    assert result.exit_status == 0, text
+    assert "HOOK" in text
+    assert ("ON A TERMINAL" if use_pty else "ON A PIPE") in text
+    # A terminal turns each line's \n into \r\n; a pipe keeps the bytes as written.
+    assert (b"\r\n" in screen.data) == use_pty
 
 
 async def test_exported_env_and_directory_carry_forward(tmp_path: Path) -> None:
@@ -454,15 +480,20 @@ async def test_pre_exit_runs_within_the_grace_when_the_command_ignores_the_signa
 
 
 async def cancel_after(
-    tmp_path: Path, command: str, ready: str, *, grace: float = 4, **extra: str
+    tmp_path: Path,
+    command: str,
+    ready: str,
+    *,
+    grace: float = 4,
+    cancel_signal: str = "SIGTERM",
+    **extra: str,
 ) -> tuple[JobResult, str]:
     """Run `command` under the executor; cancel it once `ready` is shown."""
     screen = Screen()
     env = job_env(tmp_path, command, CONVEYOR_CANCEL_GRACE_PERIOD=str(grace), **extra)
-    signum = signal.Signals[extra.get("CONVEYOR_CANCEL_SIGNAL", "SIGTERM")]
     run = JobRun(
         command=command, env=env, cwd=tmp_path, argv=EXECUTOR, cancel_grace=grace,
-        cancel_signal=signum,
+        cancel_signal=signal.Signals[cancel_signal],
     )  # fmt: skip
     runner = JobRunner(run, RecordingSink(), tee=screen)
     with anyio.fail_after(30):
@@ -485,7 +516,7 @@ async def test_any_catchable_cancel_signal_still_runs_pre_exit(
     hook(hooks, "pre-exit", "echo PRE-EXIT RAN\n")
     result, text = await cancel_after(
         tmp_path, "echo READY; sleep 300", "READY",
-        CONVEYOR_HOOKS_PATH=str(hooks), CONVEYOR_CANCEL_SIGNAL=cancel_signal,
+        cancel_signal=cancel_signal, CONVEYOR_HOOKS_PATH=str(hooks),
     )  # fmt: skip
     assert (result.exit_status, result.signal) == (-1, cancel_signal)
     assert "PRE-EXIT RAN" in text

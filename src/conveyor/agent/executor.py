@@ -14,7 +14,6 @@ from __future__ import annotations
 import functools
 import json
 import shutil
-import signal
 import sys
 import tempfile
 from collections.abc import Mapping
@@ -64,7 +63,6 @@ def executor_env(opts: WorkerOptions) -> dict[str, str]:
         "CONVEYOR_PLUGINS_ENABLED": "true" if opts.plugins_enabled else "false",
         "CONVEYOR_ALLOWED_PLUGINS": opts.allowed_plugins,
         "CONVEYOR_LOCAL_HOOKS_ENABLED": "true" if opts.local_hooks_enabled else "false",
-        "CONVEYOR_CANCEL_SIGNAL": signal.Signals(opts.cancel_signal).name,
         "CONVEYOR_CANCEL_GRACE_PERIOD": str(opts.cancel_grace),
         "CONVEYOR_REDACTED_VARS": ",".join(opts.redacted_vars),
         "CONVEYOR_GIT_MIRRORS_PATH": str(opts.git_mirrors_path or ""),

@@ -20,8 +20,6 @@ Exit status: the command's, else the first failing hook's or built-in step's.
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import dataclasses
 import os
 import re
@@ -29,7 +27,6 @@ import shlex
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import anyio
@@ -41,9 +38,9 @@ from conveyor.runner import checkout, hooks, plugins
 from conveyor.runner.children import run_child
 from conveyor.runner.hooks import Hook
 from conveyor.runner.plugins import PluginRef
-from conveyor.runner.process import descendants
+from conveyor.runner.settings import Settings
+from conveyor.runner.subreaper import become_subreaper, kill_descendants, stop_leftovers
 
-_PR_SET_CHILD_SUBREAPER = 36
 # Any of these cancels the job: whichever `--cancel-signal` the agent sends (SIGKILL aside,
 # which nothing can catch) reaches the executor with the rest of the job's process group.
 CANCEL_SIGNALS = (
@@ -54,82 +51,6 @@ CANCEL_SIGNALS = (
     signal.SIGUSR1,
     signal.SIGUSR2,
 )
-# Leftovers get this long between SIGTERM and SIGKILL once the job is over.
-LEFTOVER_GRACE_S = 2.0
-
-
-def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
-    value = env.get(name)
-    return default if value is None else value.lower() in ("1", "true", "yes", "on")
-
-
-def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
-    value = env.get(name)
-    if not value:
-        return default
-    try:
-        seconds = float(value)
-    except ValueError:
-        raise JobSetupError(f"{name} must be a number of seconds, got {value!r}") from None
-    if seconds < 0:
-        raise JobSetupError(f"{name} must not be negative, got {value!r}")
-    return seconds
-
-
-@dataclass(frozen=True)
-class Settings:
-    command: str
-    shell: str = "/bin/bash -e -c"
-    checkout_path: Path = field(default_factory=Path.cwd)
-    hooks_paths: tuple[Path, ...] = ()
-    plugins_path: Path = Path("~/.conveyor/plugins")
-    plugins: tuple[PluginRef, ...] = ()
-    plugins_enabled: bool = True
-    allowed_plugins: str = ""
-    local_hooks_enabled: bool = True
-    repository: str = ""
-    commit: str = "HEAD"
-    branch: str = ""
-    artifact_paths: tuple[str, ...] = ()
-    git_mirrors_path: Path | None = None
-    git_mirrors_lock_timeout: float = 300.0
-    cancel_grace: float = 10.0
-
-    @staticmethod
-    def from_env(env: Mapping[str, str]) -> Settings:
-        """The job as the agent described it in the executor's environment; a bad value is a
-        `JobSetupError` naming the variable."""
-        try:
-            found = plugins.parse_plugins(env.get("CONVEYOR_PLUGINS", ""))
-        except (ValueError, TypeError) as exc:
-            raise JobSetupError(f"CONVEYOR_PLUGINS is not a list of plugins: {exc}") from None
-        split = os.pathsep
-        return Settings(
-            command=env.get("CONVEYOR_COMMAND", ""),
-            shell=env.get("CONVEYOR_SHELL") or Settings.shell,
-            checkout_path=Path(env.get("CONVEYOR_BUILD_CHECKOUT_PATH") or Path.cwd()),
-            hooks_paths=tuple(
-                Path(p) for p in env.get("CONVEYOR_HOOKS_PATH", "").split(split) if p
-            ),
-            plugins_path=Path(
-                env.get("CONVEYOR_PLUGINS_PATH") or Settings.plugins_path
-            ).expanduser(),
-            plugins=tuple(found),
-            plugins_enabled=_flag(env, "CONVEYOR_PLUGINS_ENABLED", True),
-            allowed_plugins=env.get("CONVEYOR_ALLOWED_PLUGINS", ""),
-            local_hooks_enabled=_flag(env, "CONVEYOR_LOCAL_HOOKS_ENABLED", True),
-            repository=env.get("CONVEYOR_REPO", ""),
-            commit=env.get("CONVEYOR_COMMIT") or "HEAD",
-            branch=env.get("CONVEYOR_BRANCH", ""),
-            artifact_paths=tuple(
-                p for p in env.get("CONVEYOR_ARTIFACT_PATHS", "").split(";") if p.strip()
-            ),
-            git_mirrors_path=Path(mirrors)
-            if (mirrors := env.get("CONVEYOR_GIT_MIRRORS_PATH"))
-            else None,
-            git_mirrors_lock_timeout=_seconds(env, "CONVEYOR_GIT_MIRRORS_LOCK_TIMEOUT", 300.0),
-            cancel_grace=_seconds(env, "CONVEYOR_CANCEL_GRACE_PERIOD", 10.0),
-        )
 
 
 class JobApiLink:
@@ -194,12 +115,15 @@ class Executor:
         self.cwd = settings.checkout_path
         self.plugin_dirs: list[tuple[PluginRef, Path]] = []
         self.checked_out = False
-        self.cancelled = False
         self.status = 0
         self.api = JobApiLink(env)
         self.cancel_event = anyio.Event()
         self._phases_scope = anyio.CancelScope()
         self.exiting = False  # in `pre-exit`: no longer to be cut short
+
+    @property
+    def cancelled(self) -> bool:
+        return self.cancel_event.is_set()
 
     # --- hook lookup -----------------------------------------------------------------------
 
@@ -446,7 +370,6 @@ class Executor:
 
     def cancel(self) -> None:
         """A cancel signal arrived: the running child has it too; later phases are skipped."""
-        self.cancelled = True
         self.cancel_event.set()
         self._phases_scope.cancel()
         self.env["CONVEYOR_JOB_CANCELLED"] = self.env["BUILDKITE_JOB_CANCELLED"] = "true"
@@ -457,56 +380,6 @@ def _reason(exc: BaseException) -> str:
         where = f": {exc.filename}" if exc.filename else ""
         return f"{exc.strerror}{where}"
     return str(exc)
-
-
-def become_subreaper() -> bool:
-    """Orphans of this process's descendants come to it (Linux); False where not supported."""
-    try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-        prctl.restype = ctypes.c_int
-        prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
-        return bool(prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0) == 0)
-    except (OSError, AttributeError):
-        return False
-
-
-async def stop_leftovers() -> None:
-    """Stop every process the job left running (SIGTERM, then SIGKILL after a grace)."""
-    me = os.getpid()
-    left = await anyio.to_thread.run_sync(descendants, {me})
-    if not left:
-        return
-    await note(f"stopping {len(left)} process(es) the job left running")
-    _signal_all(left, signal.SIGTERM)
-    with anyio.move_on_after(LEFTOVER_GRACE_S):
-        await _wait_gone(left)
-    _signal_all(await anyio.to_thread.run_sync(descendants, {me}), signal.SIGKILL)
-    _reap()
-
-
-def _signal_all(pids: set[int], signum: int) -> None:
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signum)
-
-
-async def _wait_gone(pids: set[int]) -> None:
-    for pid in pids:
-        try:
-            fd = os.pidfd_open(pid)
-        except ProcessLookupError:
-            continue
-        try:
-            await anyio.wait_readable(fd)  # readable once the process has exited
-        finally:
-            os.close(fd)
-
-
-def _reap() -> None:
-    """Collect exited orphans: they are this subreaper's children now."""
-    with contextlib.suppress(ChildProcessError):
-        while os.waitpid(-1, os.WNOHANG)[0] != 0:
-            pass
 
 
 async def execute(env: Mapping[str, str]) -> int:
@@ -542,8 +415,7 @@ async def execute(env: Mapping[str, str]) -> int:
             await anyio.sleep(settings.cancel_grace / 2)
             if not executor.exiting:
                 await note("the job did not stop in time: killing its processes")
-                left = await anyio.to_thread.run_sync(descendants, {os.getpid()})
-                _signal_all(left, signal.SIGKILL)
+                await kill_descendants()
 
         tg.start_soon(watch_signals)
         tg.start_soon(stop_the_job_in_time)
@@ -551,7 +423,7 @@ async def execute(env: Mapping[str, str]) -> int:
             result = await executor.run()
         finally:
             with anyio.CancelScope(shield=True):
-                await stop_leftovers()
+                await stop_leftovers(note)
             tg.cancel_scope.cancel()
     return status or result
 

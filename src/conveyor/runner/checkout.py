@@ -8,7 +8,6 @@ removes the directory and is tried again, with a growing pause.
 
 from __future__ import annotations
 
-import fcntl
 import functools
 import os
 import re
@@ -21,6 +20,7 @@ import anyio
 import anyio.to_thread
 
 from conveyor.runner.children import run_child
+from conveyor.runner.filelock import lock_file
 from conveyor.runner.plugins import without_credentials
 
 ATTEMPTS = 3
@@ -110,7 +110,7 @@ async def _update_mirror(
         with anyio.fail_after(mirrors.lock_timeout):
             # A blocking flock in a thread: given up at the deadline, the thread stays blocked
             # until this process (the executor) exits, which follows soon after.
-            lock = await anyio.to_thread.run_sync(_flock, lock_path, abandon_on_cancel=True)
+            lock = await anyio.to_thread.run_sync(lock_file, lock_path, abandon_on_cancel=True)
     except TimeoutError:
         await say(f"the git mirror {mirror} stayed locked for {mirrors.lock_timeout:g}s")
         return MIRROR_LOCK_TIMEOUT_EXIT
@@ -127,16 +127,6 @@ async def _update_mirror(
         return mirror
     finally:
         await anyio.to_thread.run_sync(os.close, lock)
-
-
-def _flock(path: Path) -> int:
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
 
 
 async def _attempt(

@@ -9,10 +9,10 @@ concurrent jobs on one host fetch a plugin once.
 
 from __future__ import annotations
 
-import fcntl
 import functools
 import hashlib
 import json
+import os
 import re
 import shutil
 from collections.abc import Awaitable, Callable, Mapping
@@ -25,6 +25,7 @@ import anyio.to_thread
 
 from conveyor.errors import JobSetupError
 from conveyor.runner.children import run_child
+from conveyor.runner.filelock import lock_file
 
 Say = Callable[[str], Awaitable[None]]
 _HAS_SCHEME = re.compile(r"^[a-z][a-z0-9+.-]*://|^git@|^[/.]")
@@ -119,7 +120,7 @@ async def fetch(plugin: PluginRef, plugins_path: Path, *, env: Mapping[str, str]
     await anyio.Path(plugins_path).mkdir(parents=True, exist_ok=True)
     # Abandoned if the job is canceled meanwhile: the executor exits soon after, letting go.
     lock = await anyio.to_thread.run_sync(
-        _lock, target.with_suffix(".lock"), abandon_on_cancel=True
+        lock_file, target.with_suffix(".lock"), abandon_on_cancel=True
     )
     try:
         if await anyio.Path(target / ".git").is_dir():
@@ -144,15 +145,9 @@ async def fetch(plugin: PluginRef, plugins_path: Path, *, env: Mapping[str, str]
         await anyio.Path(tmp).rename(target)
         return target
     finally:
-        await anyio.to_thread.run_sync(lock.close)
+        await anyio.to_thread.run_sync(os.close, lock)
 
 
 def without_credentials(url: str) -> str:
     """`url` fit for a log: a user and password in it (`https://user:token@host/…`) dropped."""
     return re.sub(r"^([a-z][a-z0-9+.-]*://)[^/@]*@", r"\1", url)
-
-
-def _lock(path: Path) -> Any:
-    f = path.open("a")
-    fcntl.flock(f, fcntl.LOCK_EX)
-    return f

@@ -55,11 +55,6 @@ _START = (
 )
 _LOCK_GROUP = text("SELECT pg_advisory_xact_lock(hashtext(:group))")
 _TRY_LOCK_GROUP = text("SELECT pg_try_advisory_xact_lock(hashtext(:group))")
-_ADD_LOG_SIZE = (
-    update(t.jobs)
-    .where(t.jobs.c.id == bindparam("of_job"))
-    .values(log_size=t.jobs.c.log_size + bindparam("size"))
-)
 
 
 @lru_cache(maxsize=256)
@@ -378,6 +373,3 @@ class JobQueries(QueryBase):
     async def jobs_of_agent(self, agent_id: str, states: Iterable[str]) -> list[JobRow]:
         rows = await self.conn.execute(_of_agent(tuple(states)), {"of_agent": agent_id})
         return [job_row(r) for r in rows]
-
-    async def add_log_size(self, job_id: str, size: int) -> None:
-        await self.conn.execute(_ADD_LOG_SIZE, {"of_job": job_id, "size": size})

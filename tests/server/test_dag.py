@@ -14,7 +14,7 @@ import pytest
 from conveyor.errors import InvalidStateError, PipelineError
 from conveyor.protocol import BuildState
 from conveyor.report import describe
-from conveyor.server import scheduler
+from conveyor.server import buildstate, scheduler
 from conveyor.server.dispatcher import claim_job
 from conveyor.server.rest_api import build_out
 from conveyor.server.retries import retry_if_asked, retry_job
@@ -50,11 +50,11 @@ class Dag:
     async def jobs(self) -> dict[str, str]:
         """Latest attempt of each job, by label."""
         build = await self.build()
-        return {j.label: j.state for j in scheduler.latest_attempts(build.jobs)}
+        return {j.label: j.state for j in buildstate.latest_attempts(build.jobs)}
 
     async def job(self, label: str) -> JobRow:
         build = await self.build()
-        return next(j for j in scheduler.latest_attempts(build.jobs) if j.label == label)
+        return next(j for j in buildstate.latest_attempts(build.jobs) if j.label == label)
 
     async def finish(self, label: str, exit_status: int = 0, *, signal: str | None = None) -> None:
         """The latest attempt of the job `label` runs and ends with `exit_status`."""

@@ -5,7 +5,8 @@ from __future__ import annotations
 from conveyor.errors import InvalidStateError
 from conveyor.pipeline import RetryRule
 from conveyor.protocol import BuildState, JobState
-from conveyor.server.scheduler import SETTLED, advance_build, latest_attempts, lineage
+from conveyor.server.buildstate import SETTLED, latest_attempts, lineage
+from conveyor.server.scheduler import advance_build
 from conveyor.storage import Tx
 from conveyor.storage.rows import BuildRow, JobRow, StepRow
 

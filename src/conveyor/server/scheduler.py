@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
-import json
 from collections.abc import Iterable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -34,19 +33,15 @@ from typing import Any
 from conveyor.errors import ConveyorError, NotFoundError, PipelineError
 from conveyor.pipeline import BuildFacts, check_graph, parse_condition, parse_pipeline
 from conveyor.protocol import BuildState, JobState
+from conveyor.server.buildstate import SETTLED, derive_state, latest_attempts, lineage
 from conveyor.server.planner import plan_steps
 from conveyor.storage import Tx
 from conveyor.storage.queries.base import utcnow
 from conveyor.storage.rows import BuildRow, JobRow, NewStep, StepRow
 
-SETTLED = frozenset({"passed", "failed", "skipped", "not_run"})
-_STARTED_JOB_STATES = frozenset(
-    {JobState.ASSIGNED, JobState.ACCEPTED, JobState.RUNNING, JobState.CANCELING, JobState.FINISHED}
-)
 _MAX_TRIGGER_DEPTH = 10
 _advancing: ContextVar[frozenset[str]] = ContextVar("_advancing", default=frozenset())
 """Builds being advanced further up the call stack (a trigger step's build)."""
-
 
 # ---- creating builds ---------------------------------------------------------------------
 
@@ -361,20 +356,6 @@ def _soft_fails(job: JobRow) -> bool:
     return job.exit_status in job.soft_fail
 
 
-def lineage(job: JobRow) -> str:
-    """What the attempts of one job have in common (a step may have several jobs)."""
-    return json.dumps([job.label, job.command, sorted(job.env.items())])
-
-
-def latest_attempts(jobs: Iterable[JobRow]) -> list[JobRow]:
-    latest: dict[str, JobRow] = {}
-    for job in jobs:
-        key = lineage(job)
-        if key not in latest or job.attempt > latest[key].attempt:
-            latest[key] = job
-    return list(latest.values())
-
-
 async def _cancel_on_failing(tx: Tx, build: BuildRow, edits: _Edits) -> None:
     """A step failed: steps with `cancel_on_build_failing` stop their jobs."""
     for step in build.steps:
@@ -403,39 +384,6 @@ async def _update_build_state(tx: Tx, build: BuildRow) -> tuple[bool, BuildRow]:
         values["started_at"] = now
     await tx.set_build_state(build.id, state, **values)
     return False, dataclasses.replace(build, state=state.value, **values)
-
-
-def derive_state(build: BuildRow) -> BuildState:
-    """The state a build's steps and jobs put it in (its stored state may lag behind within
-    one pass of `advance_build`: `if: build.state == "failing"` must see the failure)."""
-    if BuildState(build.state).terminal:
-        return BuildState(build.state)
-    states = {s.state for s in build.steps}
-    if states <= SETTLED:
-        if build.state == BuildState.CANCELING:
-            return BuildState.CANCELED
-        return BuildState.FAILED if "failed" in states else BuildState.PASSED
-    if build.state == BuildState.CANCELING:
-        return BuildState.CANCELING
-    started = (
-        build.started_at is not None
-        or any(j.state in _STARTED_JOB_STATES for j in build.jobs)
-        or any(s.state == "running" and s.kind != "command" for s in build.steps)
-    )
-    # A group row is `running` while its steps are: it is not progress of its own.
-    waiting = {s.state for s in build.steps if s.kind != "group"} - SETTLED
-    if waiting <= {"blocked", "pending"} and "blocked" in waiting and not _can_progress(build):
-        return BuildState.BLOCKED
-    if "failed" in states:
-        return BuildState.FAILING
-    if started or build.state != BuildState.SCHEDULED:
-        return BuildState.RUNNING
-    return BuildState.SCHEDULED
-
-
-def _can_progress(build: BuildRow) -> bool:
-    """Is anything (other than a group) running?"""
-    return any(s.state == "running" and s.kind != "group" for s in build.steps)
 
 
 # ---- trigger steps -------------------------------------------------------------------------

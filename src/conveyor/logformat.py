@@ -94,14 +94,15 @@ class Stamper:
         if PREFIX in body:
             body = body.replace(PREFIX, ESCAPED)
         mark = marker(self._clock())
-        lines = body.split(b"\n")
-        tail = lines.pop()  # after the last newline; empty when the body ends a line
-        out = mark if self.at_line_start else b""
-        if lines:
-            out += (b"\n" + mark).join(lines) + b"\n"
-        if tail:
-            out += (mark if lines else b"") + tail
-        self.at_line_start = not tail
+        # One `replace` pass in C puts a marker after every newline; the one after a final
+        # newline is dropped: the next line gets its own, with the time it is read.
+        ends_line = body.endswith(b"\n")
+        out = body.replace(b"\n", b"\n" + mark)
+        if ends_line:
+            out = out[: len(out) - len(mark)]
+        if self.at_line_start:
+            out = mark + out
+        self.at_line_start = ends_line
         return out
 
 

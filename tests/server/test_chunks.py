@@ -4,15 +4,18 @@ log (see also test_job_flow.test_chunk_upload_rules)."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import anyio
 import httpx
 import pytest
 
 from conveyor import protocol as p
+from conveyor.client import new_http_client
 from conveyor.errors import APIError
 from conveyor.server.service import ServerHandle
-from tests.harness import Api
+from conveyor.storage.checkpoint import WRITER_CHECKPOINT_PAGES
+from tests.harness import Api, running_server
 from tests.server.drive import finish, new_agent, take_job
 
 pytestmark = pytest.mark.anyio
@@ -66,3 +69,30 @@ async def test_a_pushed_job_takes_log_once_started(
     assert (await job.upload_chunk(1, 0, b"started\r\n")).stored
     await finish(job)
     assert await api.log(spec.id) == b"started\r\n"
+
+
+async def test_sqlite_log_reaches_the_database_file_in_the_background(tmp_path: Path) -> None:
+    """The server checkpoints SQLite's write-ahead log from a loop of its own: a log well under
+    the writer's own checkpoint ceiling still reaches the database file while the job runs."""
+    data_dir = tmp_path / "srv"
+    size, count = 1024 * 1024, 6
+    assert count * size < WRITER_CHECKPOINT_PAGES * 4096
+    async with (
+        running_server(
+            f"sqlite:///{data_dir / 'conveyor.db'}", data_dir, chunk_max_size=size
+        ) as server,
+        Api(server) as api,
+        new_http_client(server.url) as http,
+    ):
+        db_file = data_dir / "conveyor.db"
+        await api.create_build("steps:\n  - command: one\n")
+        spec, job = await take_job(await new_agent(http, server, "a1"))
+        await job.start()
+        before = db_file.stat().st_size
+        for i in range(count):
+            await job.upload_chunk(i + 1, i * size, bytes([i]) * size)
+        with anyio.fail_after(10):
+            while db_file.stat().st_size - before < count * size:
+                await anyio.sleep(0.05)
+        await finish(job)
+        assert await api.log(spec.id) == b"".join(bytes([i]) * size for i in range(count))

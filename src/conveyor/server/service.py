@@ -22,6 +22,7 @@ from conveyor.server.artifact_store import FileArtifactStore
 from conveyor.server.context import ServerContext
 from conveyor.server.reaper import reaper_loop
 from conveyor.storage import Store, open_database
+from conveyor.storage.checkpoint import checkpoint_loop
 from conveyor.storage.engine import sqlite_url
 
 log = logging.getLogger("conveyor.server")
@@ -164,6 +165,8 @@ async def run_server(
             tg.start_soon(serve)
             tg.start_soon(reaper_loop, ctx, settings.agent_lost_timeout)
             tg.start_soon(ctx.streams.run)
+            if (db_path := db.sqlite_path) is not None:
+                tg.start_soon(checkpoint_loop, db_path)
             task_status.started(
                 ServerHandle(
                     url=base_url,

@@ -15,6 +15,7 @@ from sqlalchemy.exc import ArgumentError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from conveyor.errors import ConfigError
+from conveyor.storage.checkpoint import WRITER_CHECKPOINT_PAGES
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
@@ -27,6 +28,14 @@ class Database:
     engine: AsyncEngine
     backend: str  # "sqlite" | "postgresql"
     url: str  # without password, for display
+
+    @property
+    def sqlite_path(self) -> Path | None:
+        """The database file, for SQLite on disk; None otherwise."""
+        if self.backend != "sqlite":
+            return None
+        database = make_url(self.url).database
+        return Path(database) if database and database != ":memory:" else None
 
     async def close(self) -> None:
         await self.engine.dispose()
@@ -61,6 +70,9 @@ def _tune_sqlite(dbapi_conn: Any, _record: Any) -> None:
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.execute("PRAGMA foreign_keys=ON")
     cur.execute("PRAGMA busy_timeout=30000")
+    # Checkpoints are the server's background loop's work (storage.checkpoint); a writer
+    # runs one only past this ceiling.
+    cur.execute(f"PRAGMA wal_autocheckpoint={WRITER_CHECKPOINT_PAGES}")
     cur.close()
 
 

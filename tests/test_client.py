@@ -7,12 +7,13 @@ answer with the faults under test.
 from __future__ import annotations
 
 import json
+import ssl
 
 import anyio
 import httpx
 import pytest
 
-from conveyor.client import CHUNK, Backoff, JobClient, retrying
+from conveyor.client import CHUNK, Backoff, JobClient, retrying, tls_verify
 from conveyor.errors import APIError
 from tests.agent.faultserver import fault_server, raw, status
 
@@ -88,3 +89,15 @@ def test_the_wait_stays_within_the_cap_however_many_attempts() -> None:
     for attempt in (0, 5, 64, 2000):
         assert CHUNK.delay(attempt, None) <= CHUNK.cap
     assert CHUNK.delay(2000, 90.0) == 90.0  # Retry-After beyond the cap is honoured
+
+
+def test_a_plain_http_endpoint_loads_no_ca_bundle_and_trusts_no_certificate() -> None:
+    """An http endpoint's client never uses TLS; were it to, it would refuse every
+    certificate (verification on, no CA), never accept one unverified."""
+    context = tls_verify("http://127.0.0.1:8080")
+    assert isinstance(context, ssl.SSLContext)
+    assert context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
+    assert context.cert_store_stats()["x509_ca"] == 0
+    # An https endpoint verifies as httpx does by default (certifi, SSL_CERT_FILE/_DIR).
+    assert tls_verify("https://ci.example.com") is True
+    assert tls_verify("HTTPS://ci.example.com:8443/") is True

@@ -11,6 +11,7 @@ import httpx
 
 from conveyor import __version__
 from conveyor import protocol as p
+from conveyor.client import tls_verify
 from conveyor.errors import ConveyorError, api_error
 
 # A long poll is answered within this many seconds; the HTTP timeout leaves room above it.
@@ -38,6 +39,7 @@ class ApiClient:
             base_url=endpoint.rstrip("/") + p.REST_PREFIX,
             headers={"Authorization": f"Token {token}", "User-Agent": f"conveyor/{__version__}"},
             timeout=httpx.Timeout(WAIT_S + 30, connect=10),
+            verify=tls_verify(endpoint),
         ) as http:
             yield cls(http)
 

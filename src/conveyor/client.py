@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import logging
 import random
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import anyio
 import httpx
@@ -92,9 +93,28 @@ async def retrying(what: str, policy: Backoff, call: Callable[[], Awaitable[R]])
             await anyio.sleep(delay)
 
 
+def tls_verify(endpoint: str) -> ssl.SSLContext | bool:
+    """What a client that only requests paths under `endpoint` verifies TLS with.
+
+    An https endpoint gets httpx's default (True: certifi's CA bundle, or SSL_CERT_FILE /
+    SSL_CERT_DIR), as before. A plain http endpoint uses no TLS at all: every request is a
+    path under it and redirects are not followed, and a proxy's own TLS has its own context. So
+    it skips loading a CA bundle, which would stay in the agent's memory for its whole life;
+    its context still demands a verified certificate and trusts no CA, so a request that did
+    reach an https URL would be refused, never sent unverified.
+    """
+    if urlsplit(endpoint).scheme.lower() == "https":
+        return True
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.verify_mode = ssl.CERT_REQUIRED
+    context.check_hostname = True
+    return context
+
+
 def new_http_client(endpoint: str) -> httpx.AsyncClient:
     return httpx.AsyncClient(
         base_url=endpoint.rstrip("/"),
+        verify=tls_verify(endpoint),
         timeout=httpx.Timeout(60.0, connect=10.0),
         headers={"User-Agent": f"conveyor-agent/{__version__}"},
         # No cap on connections: every streaming worker of a pool holds one for its stream, and

@@ -39,8 +39,6 @@ from pydantic import (
     ValidationInfo,
     field_validator,
 )
-from ruamel.yaml import YAML
-from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
 from conveyor.errors import ConfigError
 
@@ -407,6 +405,10 @@ def _coerce_tags(value: object) -> dict[str, str]:
 
 def _read_file(path: Path, by_key: Mapping[str, str]) -> dict[str, object]:
     """Read a YAML config file into {field name: raw value}, rejecting unknown keys by line."""
+    # Imported here: a command given no config file (an agent, usually) never loads the parser.
+    from ruamel.yaml import YAML
+    from ruamel.yaml.error import MarkedYAMLError, YAMLError
+
     try:
         text = path.expanduser().read_text(encoding="utf-8")
     except FileNotFoundError:

@@ -1,28 +1,65 @@
-"""`conveyor`: the root command. Each command group lives in its own module."""
+"""`conveyor`: the root command. Each command group lives in its own module, imported only when
+that command runs (or `--help` lists them all): `conveyor agent start` never loads the pipeline
+parser, the server or the YAML loader unless it uses them."""
 
 from __future__ import annotations
+
+import importlib
+import sys
 
 import click
 
 from conveyor import __version__
-from conveyor.cli import (
-    agent,
-    annotate,
-    artifact,
-    bootstrap,
-    build,
-    env,
-    job,
-    lock,
-    metadata,
-    pipeline,
-    run,
-    server,
-    step,
+
+# httpx imports its own command-line client (`httpx._main`: rich and pygments, about 10 MiB)
+# whenever those happen to be installed. Nothing here uses it; marking it absent makes httpx
+# fall back to its stub `httpx.main`, so a process of ours never loads them for httpx.
+sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
+
+# Command name -> (module under conveyor.cli, attribute): loaded on first use.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "agent": ("agent", "agent"),
+    "annotate": ("annotate", "annotate"),
+    "annotation": ("annotate", "annotation"),
+    "artifact": ("artifact", "artifact"),
+    "bootstrap": ("bootstrap", "bootstrap"),
+    "build": ("build", "build"),
+    "env": ("env", "env"),
+    "job": ("job", "job"),
+    "lock": ("lock", "lock"),
+    "meta-data": ("metadata", "meta_data"),
+    "pipeline": ("pipeline", "pipeline"),
+    "redactor": ("env", "redactor"),
+    "run": ("run", "run"),
+    "server": ("server", "server"),
+    "step": ("step", "step"),
+}
+
+
+class LazyGroup(click.Group):
+    """A group whose commands are imported from their modules when first looked up."""
+
+    def __init__(self, *args: object, lazy: dict[str, tuple[str, str]], **kwargs: object):
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.lazy = lazy
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*self.lazy, *super().list_commands(ctx)})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in self.lazy:
+            module, attr = self.lazy[cmd_name]
+            command = getattr(importlib.import_module(f"conveyor.cli.{module}"), attr)
+            assert isinstance(command, click.Command), (cmd_name, command)
+            self.add_command(command, cmd_name)
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(
+    cls=LazyGroup,
+    lazy=COMMANDS,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
 )
-
-
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="conveyor")
 def cli() -> None:
     """Conveyor: a self-hosted CI system.
@@ -44,23 +81,6 @@ def cli() -> None:
     or in a YAML file given with --config; flags win over the environment, which wins over
     the file.
     """
-
-
-cli.add_command(run.run)
-cli.add_command(server.server)
-cli.add_command(agent.agent)
-cli.add_command(build.build)
-cli.add_command(job.job)
-cli.add_command(pipeline.pipeline)
-cli.add_command(metadata.meta_data)
-cli.add_command(artifact.artifact)
-cli.add_command(annotate.annotate)
-cli.add_command(annotate.annotation)
-cli.add_command(step.step)
-cli.add_command(lock.lock)
-cli.add_command(bootstrap.bootstrap)
-cli.add_command(env.env)
-cli.add_command(env.redactor)
 
 
 def main() -> None:

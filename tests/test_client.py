@@ -6,8 +6,10 @@ answer with the faults under test.
 
 from __future__ import annotations
 
+import gc
 import json
 import ssl
+import sys
 
 import anyio
 import httpx
@@ -101,3 +103,31 @@ def test_a_plain_http_endpoint_loads_no_ca_bundle_and_trusts_no_certificate() ->
     # An https endpoint verifies as httpx does by default (certifi, SSL_CERT_FILE/_DIR).
     assert tls_verify("https://ci.example.com") is True
     assert tls_verify("HTTPS://ci.example.com:8443/") is True
+
+
+async def test_an_uploaded_chunk_is_let_go_of_and_sent_with_its_length() -> None:
+    """httpx's request and response refer to each other: a chunk held by the request would
+    live until the garbage collector's next pass. Once the upload returns, nothing of the
+    client holds it, even with the collector off; and it goes with a Content-Length, not
+    chunked."""
+    sent: list[httpx.Headers] = []
+
+    async def record(request: httpx.Request) -> None:
+        sent.append(request.headers)
+
+    data = bytes(range(256)) * 400
+    async with (
+        fault_server([raw(ack(1, 0, len(data)), b"")]) as server,
+        httpx.AsyncClient(base_url=server.url, event_hooks={"request": [record]}) as http,
+    ):  # fmt: skip
+        job = JobClient(http, "job-token", "job-1")
+        gc.disable()
+        try:
+            before = sys.getrefcount(data)
+            assert (await job.upload_chunk(1, 0, data)).stored
+            after = sys.getrefcount(data)
+        finally:
+            gc.enable()
+    assert after == before
+    assert sent[0]["content-length"] == str(len(data))
+    assert "transfer-encoding" not in sent[0]

@@ -221,3 +221,5 @@ class LogStreamer:
                     "log chunk %d (%d bytes at offset %d) was not stored: %s",
                     chunk.sequence, len(chunk.data), chunk.offset, exc,
                 )  # fmt: skip
+            # Not held while waiting for the next one: each uploader would keep a chunk.
+            del chunk

@@ -76,7 +76,7 @@ LINE = (
 )
 assert len(LINE) == 100, len(LINE)
 SLUG = "logs"
-SAMPLE_S = 0.1
+SAMPLE_S = 0.05
 STARTUP_TIMEOUT_S = 60.0
 STOP_GRACE_S = 3.0
 STOP_TIMEOUT_S = 30.0
@@ -137,6 +137,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="record py-spy profiles (raw, 100 Hz, idle excluded) of the server and the agent "
         "during the measured job into DIR/server.txt and DIR/agent.txt; needs py-spy "
         "(`pip install py-spy`), whose sampling itself takes some CPU",
+    )
+    parser.add_argument(
+        "--native",
+        action="store_true",
+        help="with --profile: include native frames (C code, system calls) in the profiles",
     )
     parser.add_argument(
         "--timeout",
@@ -271,6 +276,8 @@ class Sampler:
     samples: list[Sample] = field(default_factory=list)
     _head: int | None = None
     _written: int = 0
+    done_at: float | None = None
+    """`time.monotonic()` of the first sample that saw the generator gone."""
 
     def sample(self) -> None:
         if self._head is None:
@@ -279,6 +286,7 @@ class Sampler:
             written = _written(self._head)
             if written is None:  # it has exited: it wrote everything
                 self._head = -1
+                self.done_at = time.monotonic()
             else:
                 self._written = written
         self.samples.append(
@@ -384,7 +392,9 @@ async def drain(stdout: BufferedByteReceiveStream) -> None:
 
 
 @asynccontextmanager
-async def profiling(pids: dict[str, int], out_dir: Path | None) -> AsyncIterator[None]:
+async def profiling(
+    pids: dict[str, int], out_dir: Path | None, *, native: bool = False
+) -> AsyncIterator[None]:
     """py-spy recording each of `pids` into out_dir/NAME.txt, while the block runs."""
     if out_dir is None:
         yield
@@ -396,6 +406,8 @@ async def profiling(pids: dict[str, int], out_dir: Path | None) -> AsyncIterator
     for name, pid in pids.items():
         out = str(out_dir / f"{name}.txt")
         argv = [spy, "record", "--pid", str(pid), "-r", "100", "-f", "raw", "-o", out]
+        if native:
+            argv.append("--native")
         recorders.append(
             await anyio.open_process(
                 argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
@@ -528,6 +540,7 @@ class Api:
 class SystemRun:
     seconds: float
     to_start_s: float
+    output_s: float | None  # when the generator had written everything (sampled)
     stored_size: int  # the job's log_size: the output, and markers if the agent adds them
     log_size: int  # the command's output as the log holds it (PTY: \r\n)
     agent_hwm: int
@@ -594,8 +607,10 @@ async def measured(
     h.progress(f"running `{generator(total)}` ({'PTY' if pty else 'pipe'})")
     async with anyio.create_task_group() as tg:
         tg.start_soon(sampler.run)
-        async with profiling({"server": server_pid, "agent": agent_pid}, args.profile):
-            began = datetime.now(UTC)
+        async with profiling(
+            {"server": server_pid, "agent": agent_pid}, args.profile, native=args.native
+        ):
+            began, began_mono = datetime.now(UTC), time.monotonic()
             build = await api.create_build(generator(total))
             job = await api.finished(build, args.timeout)
         await anyio.to_thread.run_sync(sampler.sample)
@@ -626,6 +641,7 @@ async def measured(
     return SystemRun(
         seconds=seconds,
         to_start_s=(job.started_at - began).total_seconds(),
+        output_s=None if sampler.done_at is None else sampler.done_at - began_mono,
         stored_size=job.log_size,
         log_size=want_size,
         agent_hwm=agent_hwm,
@@ -684,7 +700,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  command:   {generator(total)}  (alone: {mb / r.generator_s:.0f} MB/s)")
     print(
         f"  system:    {mb_per_s:8.1f} MB/s  ({run.seconds:.2f}s from build creation to the "
-        f"job's finish; its start after {run.to_start_s:.2f}s)"
+        f"job's finish; its start after {run.to_start_s:.2f}s"
+        + ("" if run.output_s is None else f", all output written after {run.output_s:.2f}s")
+        + ")"
     )
     print(
         f"  baseline:  {raw:8.1f} MB/s  ({baseline}; {raw_before:.1f} before, "

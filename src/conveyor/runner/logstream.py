@@ -30,7 +30,7 @@ from conveyor.runner.spool import Chunk, Spool
 log = logging.getLogger("conveyor.runner")
 
 UPLOADERS = 3
-QUEUED_CHUNKS = 8
+QUEUED_CHUNKS = 2
 """Chunks waiting for upload in memory; more wait on disk."""
 # Budget for the last uploads once the job has ended, even when the agent is stopping.
 FLUSH_TIMEOUT_S = 15 * 60

@@ -34,11 +34,15 @@ from pathlib import Path
 import anyio
 import anyio.to_thread
 
+from conveyor.runner.relay import RELAY_AFTER, Relay, widen_pipe
+
 READ_SIZE = 64 * 1024
 BATCH_SIZE = 256 * 1024
 JOB_MARKER = "CONVEYOR_JOB_ID"
 """The variable that tells a job's processes from any other, wherever they moved."""
 DRAIN_IDLE_S = 0.2
+COALESCE_BELOW = 64 * 1024
+COALESCE_S = 0.002
 # A terminal the size Buildkite gives its jobs, so tools that format for width agree.
 PTY_COLUMNS, PTY_ROWS = 160, 100
 
@@ -65,6 +69,8 @@ def _open_terminal(use_pty: bool) -> tuple[int, int]:
         fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", PTY_ROWS, PTY_COLUMNS, 0, 0))
     else:
         master, slave = os.pipe()
+        # Room for the command to write on while the agent works through a batch.
+        widen_pipe(master)
     os.set_blocking(master, False)
     return master, slave
 
@@ -78,14 +84,22 @@ class _Pump:
     """Copies the terminal's output to `on_output` until every writer has closed it.
 
     Once the command has exited, a writer that stays (a leftover background process) holds the
-    terminal open forever: from then on reading ends after `DRAIN_IDLE_S` of quiet.
+    terminal open forever: from then on reading ends after `DRAIN_IDLE_S` of quiet. A PTY
+    whose output passes `RELAY_AFTER` is handed to a relay (see `runner.relay`), whose pipe is
+    read from then on.
     """
 
-    def __init__(self, fd: int, on_output: Callable[[bytes], Awaitable[None]]):
+    def __init__(self, fd: int, on_output: Callable[[bytes], Awaitable[None]], *, pty: bool):
         self._fd = fd
         self._on_output = on_output
         self._exited = False
         self._waiting: anyio.CancelScope | None = None
+        # A PTY gives at most a few KiB a read; a pipe gives as much as is asked for.
+        self._read_size = READ_SIZE if pty else BATCH_SIZE
+        self._master = fd if pty else None  # a PTY master not yet handed to a relay
+        self._wide = not pty  # reading a wide pipe: the writer goes on while we work
+        self._relay: Relay | None = None
+        self._read = 0
 
     def command_exited(self) -> None:
         self._exited = True
@@ -93,6 +107,14 @@ class _Pump:
             self._waiting.cancel()  # re-wait, now with the quiet deadline
 
     async def run(self) -> None:
+        try:
+            await self._copy()
+        finally:
+            if self._relay is not None:
+                with anyio.CancelScope(shield=True):
+                    await self._relay.aclose()
+
+    async def _copy(self) -> None:
         while True:
             if self._exited:
                 with anyio.move_on_after(DRAIN_IDLE_S) as idle:
@@ -108,6 +130,18 @@ class _Pump:
                 await self._on_output(data)
             if ended:
                 return
+            if self._wide and len(data) < COALESCE_BELOW and not self._exited:
+                # A wide pipe (not a PTY, whose writer would stall) that gave only a little:
+                # let more gather before the next read, as each batch costs the same.
+                await anyio.sleep(COALESCE_S)
+            if self._master is not None:
+                self._read += len(data)
+                if self._read >= RELAY_AFTER:
+                    self._relay = Relay.start(self._master)
+                    self._master = None
+                    if self._relay is not None:
+                        self._fd, self._read_size = self._relay.fd, BATCH_SIZE
+                        self._wide = True
 
     def _read_available(self) -> tuple[bytes, bool]:
         """Everything the terminal holds now, up to BATCH_SIZE, and whether it has ended.
@@ -119,7 +153,7 @@ class _Pump:
         size = 0
         while size < BATCH_SIZE:
             try:
-                piece = os.read(self._fd, READ_SIZE)
+                piece = os.read(self._fd, self._read_size)
             except BlockingIOError:
                 break
             except OSError as exc:
@@ -169,7 +203,7 @@ async def run_process(
                 os.close(stdin)
             # Only the child may hold the write end, or the end of output is never seen.
             os.close(write_fd)
-        reader = _Pump(read_fd, on_output)
+        reader = _Pump(read_fd, on_output, pty=use_pty)
         # Shielded: output written while the command is being stopped (trap handlers, cleanup)
         # still reaches the log; after a stop the reader gets a deadline of its own.
         pump_scope = anyio.CancelScope(shield=True)

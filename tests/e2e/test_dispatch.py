@@ -668,8 +668,8 @@ async def test_a_pushed_job_whose_start_is_refused_does_not_run(
     database_url: str, tmp_path: Path
 ) -> None:
     """When the server refuses the start (here a fault of the proxy: a cancel or a reassignment
-    in real life), the command is not run."""
-    ended = tmp_path / "ended"
+    in real life), the command is not run, not even for the moment the start takes."""
+    ran = tmp_path / "ran"
     async with (
         running_server(database_url, tmp_path / "srv") as server,
         fault_proxy(server.url) as proxy,
@@ -679,12 +679,12 @@ async def test_a_pushed_job_whose_start_is_refused_does_not_run(
         await proxy.until(lambda: proxy.streams_opened == 1)
         proxy.refusing_starts = 409
         clock = anyio.current_time()
-        build = await api.create_build(one_step(f"sleep 30; touch {ended}"))
+        build = await api.create_build(one_step(f"touch {ran}; sleep 30"))
         finish = f"/agent/v1/jobs/{build.jobs[0].id}/finish"
         # The agent tries to report the stopped job (the server refuses: it never started).
         await proxy.until(lambda: proxy.requests[finish] >= 1, timeout=20)
         took = anyio.current_time() - clock
-    assert not ended.exists() and took < 15
+    assert not ran.exists() and took < 15
 
 
 async def next_spec(messages: AsyncIterator[p.StreamMessage]) -> p.JobSpec:

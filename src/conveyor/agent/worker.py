@@ -281,17 +281,55 @@ class AgentWorker:
                 return
         job = client.job_client(spec)
         # The start is confirmed before the command runs: a job canceled or given to another
-        # agent meanwhile is refused here, so its command never runs (nor runs twice).
-        try:
-            await job.start()
-        except (httpx.TransportError, APIError) as exc:
-            log.warning("%s: could not start job %s: %s", self.name, job_id, exc)
+        # agent meanwhile is refused here, so its command never runs (nor runs twice). The
+        # round trip is on every job's critical path, so what running the job takes is made
+        # ready meanwhile.
+        refused: list[Exception] = []
+
+        async def start() -> None:
+            try:
+                await job.start()
+            except (httpx.TransportError, APIError) as exc:
+                refused.append(exc)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(start)
+            runner = await self._prepare(spec, job)
+        if refused:
+            log.warning("%s: could not start job %s: %s", self.name, job_id, refused[0])
             await self._finish(job, exit_status=-1, reason=p.SignalReason.PROCESS_RUN_ERROR)
             return
-        opts = self.options
-        if status := await pre_bootstrap(opts, spec.id, spec.env):
+        if status := await pre_bootstrap(self.options, spec.id, spec.env):
             await self._refuse(job, f"the agent's pre-bootstrap hook refused it (status {status})")
             return
+        self._runner = runner
+        if self._pending_cancel is not None:
+            runner.cancel(self._pending_cancel)
+        log.info("%s: running job %s (%s)", self.name, spec.id, spec.label)
+        try:
+            async with anyio.create_task_group() as watch:
+                watch.start_soon(self._watch_job, job, runner)
+                result = await runner.run()
+                watch.cancel_scope.cancel()
+        except BaseException:
+            # Stopped from outside (the agent is going down): the job still gets its last word.
+            await self._finish(job, exit_status=-1, reason=p.SignalReason.AGENT_STOP)
+            raise
+        finally:
+            self._runner = None
+        self.jobs_run += 1
+        await self._finish(
+            job,
+            exit_status=result.exit_status,
+            signal=result.signal,
+            reason=result.signal_reason,
+            chunks_failed_count=result.chunks_failed_count,
+        )
+        log.info("%s: job %s exited with %s", self.name, spec.id, result.exit_status)
+
+    async def _prepare(self, spec: p.JobSpec, job: JobClient) -> JobRunner:
+        """The job's runner, its environment and working directory, ready to run."""
+        opts = self.options
         workdir = opts.workdir or (opts.build_path / self.name / spec.pipeline)
         env = job_process_env(
             spec.env,
@@ -318,7 +356,7 @@ class AgentWorker:
             argv=await executor_argv(opts, env, workdir),
         )
         tee = self._tee(spec) if self._tee is not None else None
-        runner = self._runner = JobRunner(
+        runner = JobRunner(
             run, _JobSink(job, lambda: runner.cancel(p.SignalReason.CANCEL)), tee=tee
         )
         if (attach := job_api_attach.get()) is not None:
@@ -327,29 +365,7 @@ class AgentWorker:
                 functools.partial(runner.redactor.add, name=_REDACTOR_ADD),
                 opts.redacted_vars,
             )
-        if self._pending_cancel is not None:
-            runner.cancel(self._pending_cancel)
-        log.info("%s: running job %s (%s)", self.name, spec.id, spec.label)
-        try:
-            async with anyio.create_task_group() as watch:
-                watch.start_soon(self._watch_job, job, runner)
-                result = await runner.run()
-                watch.cancel_scope.cancel()
-        except BaseException:
-            # Stopped from outside (the agent is going down): the job still gets its last word.
-            await self._finish(job, exit_status=-1, reason=p.SignalReason.AGENT_STOP)
-            raise
-        finally:
-            self._runner = None
-        self.jobs_run += 1
-        await self._finish(
-            job,
-            exit_status=result.exit_status,
-            signal=result.signal,
-            reason=result.signal_reason,
-            chunks_failed_count=result.chunks_failed_count,
-        )
-        log.info("%s: job %s exited with %s", self.name, spec.id, result.exit_status)
+        return runner
 
     async def _refuse(self, job: JobClient, why: str) -> None:
         """Finish a job this agent will not run: -1 (`agent_refused`), the reason in its log."""

@@ -224,27 +224,35 @@ async def accept(job_id: str, request: Request, token: AgentToken) -> p.JobSpec:
 async def start(job_id: str, body: p.StartRequest, request: Request, token: JobToken) -> None:
     ctx = context(request)
     async with ctx.store.transaction() as tx:
-        job = await tx.get_job(job_id)
-        # The token was checked in a transaction of its own: the job may have been taken back
-        # and given to another agent since. Only the agent holding it may start it.
-        if token.agent_id is not None and job.agent_id != token.agent_id:
-            raise HTTPException(409, f"job {job_id} is no longer assigned to this agent")
-        if job.state == "running":
-            return  # a retry whose first answer was lost
-        values: dict[str, Any] = {"started_at": body.started_at}
-        if job.state == "assigned":
-            # Pushed on the agent's stream with its token: started without an accept.
-            values["accepted_at"] = utcnow()
-        try:
-            await tx.require_transition(
-                job_id, ["accepted", "assigned"], "running", held_by=job.agent_id, **values
-            )
-        except InvalidStateError as exc:
-            raise HTTPException(409, str(exc)) from None
+        # On every job's critical path: one compare-and-set when the job is this agent's to
+        # start (assigned or accepted, and held by the token's agent); the job is read only
+        # when it is not, to say why.
+        build_id = None
+        if token.agent_id is not None:
+            build_id = await tx.start_job(job_id, token.agent_id, body.started_at)
+        if build_id is None:
+            job = await tx.get_job(job_id)
+            # The token was checked in a transaction of its own: the job may have been taken
+            # back and given to another agent since. Only the agent holding it may start it.
+            if token.agent_id is not None and job.agent_id != token.agent_id:
+                raise HTTPException(409, f"job {job_id} is no longer assigned to this agent")
+            if job.state == "running":
+                return  # a retry whose first answer was lost
+            values: dict[str, Any] = {"started_at": body.started_at}
+            if job.state == "assigned":
+                # Pushed on the agent's stream with its token: started without an accept.
+                values["accepted_at"] = utcnow()
+            try:
+                await tx.require_transition(
+                    job_id, ["accepted", "assigned"], "running", held_by=job.agent_id, **values
+                )
+            except InvalidStateError as exc:
+                raise HTTPException(409, str(exc)) from None
+            build_id = job.build_id
         # A job starting changes no step (its step is already running): the build only goes
         # from `scheduled` to `running`. One statement, not a walk of the whole build.
-        await tx.mark_build_started(job.build_id, utcnow())
-    ctx.notifier.notify(f"build:{job.build_id}")
+        await tx.mark_build_started(build_id, utcnow())
+    ctx.notifier.notify(f"build:{build_id}")
 
 
 @router.post("/jobs/{job_id}/chunks", response_model=p.ChunkAck)

@@ -15,6 +15,7 @@ from sqlalchemy.exc import ArgumentError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from conveyor.errors import ConfigError
+from conveyor.storage import sqlite_conn
 from conveyor.storage.checkpoint import WRITER_CHECKPOINT_PAGES
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
@@ -91,7 +92,16 @@ def _create_engine(async_url: str, backend: str) -> AsyncEngine:
     if backend == "sqlite":
         # One connection: SQLite has one writer anyway, and a single connection means no
         # SQLITE_BUSY between our own sessions. Sessions are kept short for that reason.
-        engine = create_async_engine(async_url, pool_size=1, max_overflow=0, pool_timeout=60)
+        url = make_url(async_url)
+        args, kwargs = url.get_dialect()().create_connect_args(url)
+        engine = create_async_engine(
+            async_url,
+            pool_size=1,
+            max_overflow=0,
+            pool_timeout=60,
+            # One trip to the connection's thread per statement (see sqlite_conn).
+            async_creator=sqlite_conn.connect(*args, **kwargs),
+        )
         event.listen(engine.sync_engine, "connect", _tune_sqlite)
     else:
         engine = create_async_engine(async_url, pool_size=10, max_overflow=20, pool_pre_ping=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -156,15 +157,105 @@ async def test_cancelled_busy_job_leaves_no_relay(
     assert set(lines) == {b"y"}
 
 
-async def test_pipe_mode_gives_the_command_a_wide_pipe(tmp_path: Path) -> None:
+@pytest.mark.parametrize("busy", [False, True])
+async def test_pipe_mode_widens_a_busy_pipe_only(tmp_path: Path, busy: bool) -> None:
     output = Output()
-    script = "import fcntl, sys; print(fcntl.fcntl(1, 1032))"  # F_GETPIPE_SZ
+    # Prints its pipe's size, then (busy) 400 KB and its size again once the agent has read
+    # past RELAY_AFTER (up to 10 s).
+    script = (
+        "import fcntl, sys, time\n"
+        "size = lambda: fcntl.fcntl(1, 1032)\n"  # F_GETPIPE_SZ
+        "print(size(), flush=True)\n"
+        f"if {busy}:\n"
+        "    sys.stdout.write(('x' * 99 + '\\n') * 4000); sys.stdout.flush()\n"
+        "    for _ in range(200):\n"
+        "        if size() > 65536: break\n"
+        "        time.sleep(0.05)\n"
+        "    print(size(), flush=True)\n"
+    )
     await run_process(
         [sys.executable, "-c", script], env=base_env(), cwd=tmp_path, on_output=output,
         use_pty=False,
     )  # fmt: skip
-    ceiling = int(await anyio.Path("/proc/sys/fs/pipe-max-size").read_text())
-    if os.geteuid() == 0 or ceiling >= PIPE_SIZE:
-        assert int(output.data) == PIPE_SIZE
+    sizes = [int(line) for line in bytes(output.data).split(b"\n") if line.isdigit()]
+    assert sizes[0] == 65536  # a quiet job keeps the system's default
+    if busy:
+        ceiling = int(await anyio.Path("/proc/sys/fs/pipe-max-size").read_text())
+        widened = PIPE_SIZE if os.geteuid() == 0 or ceiling >= PIPE_SIZE else 65536
+        assert sizes == [65536, widened]
+        assert bytes(output.data).count(b"x" * 99 + b"\n") == 4000
     else:
-        assert int(output.data) == 65536  # the system's default, when it refuses more
+        assert sizes == [65536]
+
+
+async def test_relay_killed_mid_run_loses_nothing_and_the_job_ends(
+    tmp_path: Path, relays: list[Relay | None]
+) -> None:
+    """A Ctrl-C for the agent, or anything else, that kills `cat`: the agent reads the
+    terminal itself again, to its end."""
+    output = Output()
+    count = 2_000_000  # ~15 MB: still running when the relay is killed
+
+    async def kill_relay_once_started() -> None:
+        while not relays:
+            await anyio.sleep(0.01)
+        made = relays[0]
+        assert made is not None
+        os.kill(made.pid, signal.SIGINT)
+
+    with anyio.fail_after(60):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(kill_relay_once_started)
+            result = await run_process(
+                ["seq", "1", str(count)], env=base_env(), cwd=tmp_path, on_output=output
+            )
+    assert result.status == 0
+    data = bytes(output.data)
+    # Whatever `cat` held when it died (at most one read of it) is the only possible gap.
+    expected = expected_seq(count)
+    assert data[-100:] == expected[-100:]
+    assert len(expected) - len(data) <= 128 * 1024
+    assert await _cats_of_ours() == []
+
+
+async def test_a_relay_that_cannot_start_leaves_the_terminal_to_the_agent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, relays: list[Relay | None]
+) -> None:
+    monkeypatch.setattr(relay, "_CAT", str(tmp_path / "no-such-cat"))
+    output = Output()
+    with anyio.fail_after(30):
+        await run_process(["seq", "1", str(LINES)], env=base_env(), cwd=tmp_path, on_output=output)
+    assert relays == [None]
+    assert bytes(output.data) == expected_seq(LINES)
+
+
+async def test_output_a_late_relay_still_holds_is_not_cut_off(
+    tmp_path: Path, relays: list[Relay | None]
+) -> None:
+    """The command has exited and the pipe is quiet, but the terminal still holds output the
+    relay has not taken (here: the relay is stopped for a while): reading goes on."""
+    output = Output()
+
+    async def stop_the_relay_for_a_while() -> None:
+        while b"50000\r\n" not in output.data:  # all of `seq` relayed
+            await anyio.sleep(0.01)
+        made = relays[0]
+        assert made is not None
+        os.kill(made.pid, signal.SIGSTOP)
+        try:
+            await anyio.sleep(2)  # the command writes LAST after 1 s and exits
+        finally:
+            os.kill(made.pid, signal.SIGCONT)
+
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(stop_the_relay_for_a_while)
+            result = await run_process(
+                ["bash", "-c", "seq 1 50000; sleep 1; echo LAST"],
+                env=base_env(),
+                cwd=tmp_path,
+                on_output=output,
+            )
+    assert result.status == 0
+    assert bytes(output.data) == expected_seq(50000) + b"LAST\r\n"
+    assert await _cats_of_ours() == []

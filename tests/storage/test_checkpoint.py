@@ -8,8 +8,9 @@ from pathlib import Path
 import anyio
 import pytest
 from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
 
-from conveyor.storage import Store, open_database
+from conveyor.storage import Database, Store, open_database
 from conveyor.storage.checkpoint import WRITER_CHECKPOINT_PAGES, checkpoint_loop, checkpoint_once
 from conveyor.storage.engine import sqlite_url
 from tests.storage.builders import command_step, insert_build
@@ -89,3 +90,25 @@ async def test_postgres_and_memory_have_no_file(database_url: str) -> None:
             assert db.sqlite_path is None
     finally:
         await db.close()
+
+
+async def test_a_database_the_loop_cannot_open_is_left_to_its_writer(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with anyio.fail_after(5):
+        await checkpoint_loop(tmp_path / "no-such-dir" / "conveyor.db", interval=0.01)
+    assert "no background checkpoints" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("database", "file"),
+    [(":memory:", False), ("file:shared?mode=memory&uri=true", False), ("/d/c.db", True)],
+)
+async def test_uri_and_memory_databases_get_no_loop(database: str, file: bool) -> None:
+    url = f"sqlite+aiosqlite:///{database}"
+    engine = create_async_engine("sqlite+aiosqlite://")  # not used: the URL is what counts
+    try:
+        db = Database(engine=engine, backend="sqlite", url=url)
+        assert db.sqlite_path == (Path(database) if file else None)
+    finally:
+        await engine.dispose()

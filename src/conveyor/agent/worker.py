@@ -292,11 +292,22 @@ class AgentWorker:
             except (httpx.TransportError, APIError) as exc:
                 refused.append(exc)
 
+        runner: JobRunner | None = None
+        unready = ""
         async with anyio.create_task_group() as tg:
             tg.start_soon(start)
-            runner = await self._prepare(spec, job)
+            try:
+                runner = await self._prepare(spec, job)
+            except OSError as exc:  # the build path cannot be looked at, say
+                unready = f"conveyor: could not prepare the job: {exc}\r\n"
         if refused:
             log.warning("%s: could not start job %s: %s", self.name, job_id, refused[0])
+            await self._finish(job, exit_status=-1, reason=p.SignalReason.PROCESS_RUN_ERROR)
+            return
+        if runner is None:
+            log.error("%s: job %s: %s", self.name, job_id, unready.strip())
+            with contextlib.suppress(httpx.TransportError, APIError):
+                await job.upload_chunk(1, 0, unready.encode())
             await self._finish(job, exit_status=-1, reason=p.SignalReason.PROCESS_RUN_ERROR)
             return
         if status := await pre_bootstrap(self.options, spec.id, spec.env):

@@ -43,6 +43,9 @@ JOB_MARKER = "CONVEYOR_JOB_ID"
 DRAIN_IDLE_S = 0.2
 COALESCE_BELOW = 64 * 1024
 COALESCE_S = 0.002
+"""A wide pipe (its writer goes on meanwhile) that gave less than COALESCE_BELOW is read again
+COALESCE_S later rather than at once: a batch costs about the same whatever its size, and a
+busy job's output would otherwise go in many small ones."""
 # A terminal the size Buildkite gives its jobs, so tools that format for width agree.
 PTY_COLUMNS, PTY_ROWS = 160, 100
 
@@ -69,8 +72,6 @@ def _open_terminal(use_pty: bool) -> tuple[int, int]:
         fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", PTY_ROWS, PTY_COLUMNS, 0, 0))
     else:
         master, slave = os.pipe()
-        # Room for the command to write on while the agent works through a batch.
-        widen_pipe(master)
     os.set_blocking(master, False)
     return master, slave
 
@@ -84,22 +85,23 @@ class _Pump:
     """Copies the terminal's output to `on_output` until every writer has closed it.
 
     Once the command has exited, a writer that stays (a leftover background process) holds the
-    terminal open forever: from then on reading ends after `DRAIN_IDLE_S` of quiet. A PTY
-    whose output passes `RELAY_AFTER` is handed to a relay (see `runner.relay`), whose pipe is
-    read from then on.
+    terminal open forever: from then on reading ends after `DRAIN_IDLE_S` of quiet. A busy
+    PTY (past `RELAY_AFTER`) is handed to a relay (see `runner.relay`), whose pipe is read
+    from then on; a busy pipe is widened.
     """
 
-    def __init__(self, fd: int, on_output: Callable[[bytes], Awaitable[None]], *, pty: bool):
+    def __init__(self, fd: int, on_output: Callable[[bytes], Awaitable[None]], *, use_pty: bool):
         self._fd = fd
         self._on_output = on_output
         self._exited = False
         self._waiting: anyio.CancelScope | None = None
         # A PTY gives at most a few KiB a read; a pipe gives as much as is asked for.
-        self._read_size = READ_SIZE if pty else BATCH_SIZE
-        self._master = fd if pty else None  # a PTY master not yet handed to a relay
-        self._wide = not pty  # reading a wide pipe: the writer goes on while we work
+        self._read_size = READ_SIZE if use_pty else BATCH_SIZE
+        self._master = fd if use_pty else None
         self._relay: Relay | None = None
-        self._read = 0
+        self._relayed = False  # a relay was started once: never again for this run
+        self._wide = False  # reading a wide pipe: the writer goes on while we work
+        self._read_directly = 0  # bytes read before the relay or the wide pipe
 
     def command_exited(self) -> None:
         self._exited = True
@@ -120,6 +122,8 @@ class _Pump:
                 with anyio.move_on_after(DRAIN_IDLE_S) as idle:
                     await anyio.wait_readable(self._fd)
                 if idle.cancelled_caught:
+                    if self._relay is not None and await self._relay.busy():
+                        continue  # late, not quiet: what it passes on is still output
                     return
             else:
                 with anyio.CancelScope() as self._waiting:
@@ -129,19 +133,37 @@ class _Pump:
             if data:
                 await self._on_output(data)
             if ended:
-                return
+                if self._relay is None:
+                    return
+                await self._end_relay()
+                continue
             if self._wide and len(data) < COALESCE_BELOW and not self._exited:
-                # A wide pipe (not a PTY, whose writer would stall) that gave only a little:
-                # let more gather before the next read, as each batch costs the same.
                 await anyio.sleep(COALESCE_S)
-            if self._master is not None:
-                self._read += len(data)
-                if self._read >= RELAY_AFTER:
-                    self._relay = Relay.start(self._master)
-                    self._master = None
-                    if self._relay is not None:
-                        self._fd, self._read_size = self._relay.fd, BATCH_SIZE
-                        self._wide = True
+            if not self._wide and not self._relayed and not self._exited:
+                self._read_directly += len(data)
+                if self._read_directly >= RELAY_AFTER:
+                    await self._busy()
+
+    async def _busy(self) -> None:
+        """The output is busy: relay the PTY, or widen the pipe."""
+        if self._master is None:
+            widen_pipe(self._fd)
+            self._wide = True
+            return
+        self._relayed = True
+        # In a worker thread: starting a process waits on it (its exec).
+        self._relay = await anyio.to_thread.run_sync(Relay.start, self._master)
+        if self._relay is not None:
+            self._fd, self._read_size, self._wide = self._relay.fd, BATCH_SIZE, True
+
+    async def _end_relay(self) -> None:
+        """The relay's pipe ended: `cat` is gone. Normally because the terminal ended; if it
+        was killed, the terminal still holds output, so it is read directly to its end (when
+        it has ended, the first read says so)."""
+        assert self._relay is not None and self._master is not None
+        relay, self._relay = self._relay, None
+        await relay.aclose()
+        self._fd, self._read_size, self._wide = self._master, READ_SIZE, False
 
     def _read_available(self) -> tuple[bytes, bool]:
         """Everything the terminal holds now, up to BATCH_SIZE, and whether it has ended.
@@ -203,7 +225,7 @@ async def run_process(
                 os.close(stdin)
             # Only the child may hold the write end, or the end of output is never seen.
             os.close(write_fd)
-        reader = _Pump(read_fd, on_output, pty=use_pty)
+        reader = _Pump(read_fd, on_output, use_pty=use_pty)
         # Shielded: output written while the command is being stopped (trap handlers, cleanup)
         # still reaches the log; after a stop the reader gets a deadline of its own.
         pump_scope = anyio.CancelScope(shield=True)

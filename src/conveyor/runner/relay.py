@@ -12,10 +12,12 @@ keeps the terminal drained while the agent works through what is in the pipe, an
 reads the pipe in large pieces. A job that writes little never pays for the extra process.
 
 Nothing is lost or reordered at the switch: the agent stops reading the master before `cat`
-starts, and `cat` writes out every piece before it reads the next. It ends by itself when the
-terminal's last writer has closed it (a read error on the master, which `cat` reports to
-/dev/null). It is the agent's child, not the job's: a cancel, which kills the job's process
-tree, leaves it be, and it stops only once the agent has read everything it passed on.
+starts, and `cat` writes out every piece before it reads the next. `cat` ends by itself when
+the terminal's last writer has closed it (a read error on the master, which it reports to
+/dev/null); if it ends otherwise (killed), the agent reads the terminal itself again, so
+what `cat` had not taken is not lost. It runs in a session of its own, without the agent's
+or the job's descriptors and environment: a Ctrl-C meant for the agent, or a cancel, which
+kills the job's process tree, does not reach it.
 """
 
 from __future__ import annotations
@@ -26,6 +28,10 @@ import logging
 import os
 import shutil
 import signal
+import struct
+import subprocess
+import termios
+from pathlib import Path
 
 import anyio
 import anyio.to_thread
@@ -33,9 +39,12 @@ import anyio.to_thread
 log = logging.getLogger("conveyor.runner")
 
 RELAY_AFTER = 256 * 1024
-"""Bytes of a job's terminal output read directly before the relay takes over."""
+"""Bytes of a job's output read directly before the relay takes over (a PTY), or before its
+pipe is widened (pipe mode): only a busy job gets either."""
 PIPE_SIZE = 1024 * 1024
-"""The pipe's buffer: Linux's default ceiling for an unprivileged process."""
+"""A wide pipe's buffer: Linux's default ceiling for an unprivileged process. Each one counts
+against the user's allowance of pipe memory (`fs.pipe-user-pages-soft`, 64 MiB by default),
+which is why only busy jobs get one."""
 _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 _CAT = shutil.which("cat")
 
@@ -52,30 +61,38 @@ class Relay:
     """A running `cat` from a PTY master into a pipe; `fd` is the pipe's (non-blocking) read
     end. `start` returns None when it cannot start: the caller reads the master on."""
 
-    def __init__(self, pid: int, fd: int):
-        self.pid = pid
+    def __init__(self, process: subprocess.Popen[bytes], master: int, fd: int):
+        self._process = process
+        self.master = master
         self.fd = fd
+
+    @property
+    def pid(self) -> int:
+        return self._process.pid
 
     @classmethod
     def start(cls, master: int) -> Relay | None:
         if _CAT is None:
             return None
-        read_end, write_end = os.pipe()
+        try:
+            read_end, write_end = os.pipe()
+        except OSError as exc:
+            log.warning("cannot relay the job's terminal: %s", exc)
+            return None
         widen_pipe(write_end)
         # The master is shared with `cat`, whose reads must block: the flag belongs to the
-        # open file, not to our descriptor. The agent no longer reads the master itself.
+        # open file, not to our descriptor. The agent does not read the master meanwhile.
         os.set_blocking(master, True)
         try:
-            pid = os.posix_spawn(
-                _CAT,
+            process = subprocess.Popen(
                 [_CAT],
+                stdin=master,
+                stdout=write_end,
+                stderr=subprocess.DEVNULL,
                 # Not the job's environment: the job's id in it would make a cancel kill it.
-                {"LC_ALL": "C"},
-                file_actions=[
-                    (os.POSIX_SPAWN_DUP2, master, 0),
-                    (os.POSIX_SPAWN_DUP2, write_end, 1),
-                    (os.POSIX_SPAWN_OPEN, 2, os.devnull, os.O_WRONLY, 0),
-                ],
+                env={"LC_ALL": "C"},
+                close_fds=True,
+                start_new_session=True,
             )
         except OSError as exc:
             log.warning("cannot relay the job's terminal through %s: %s", _CAT, exc)
@@ -85,13 +102,32 @@ class Relay:
         finally:
             os.close(write_end)
         os.set_blocking(read_end, False)
-        return cls(pid, read_end)
+        return cls(process, master, read_end)
+
+    def _busy(self) -> bool:
+        try:
+            waiting = struct.unpack("i", fcntl.ioctl(self.master, termios.FIONREAD, b"\0" * 4))[0]
+        except OSError:
+            waiting = 0
+        if waiting:
+            return True
+        try:
+            state = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            return False
+        return state in ("R", "D")  # copying, or about to: not blocked on an empty terminal
+
+    async def busy(self) -> bool:
+        """Whether `cat` may still pass output on: the terminal holds bytes it has not taken,
+        or it is running rather than waiting on the terminal. Read in a worker thread."""
+        return await anyio.to_thread.run_sync(self._busy)
 
     async def aclose(self) -> None:
         """Stop `cat` (it may still be waiting on a terminal held open by a leftover process)
-        and collect it; close the pipe."""
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(self.pid, signal.SIGKILL)
-        with contextlib.suppress(ChildProcessError):
-            await anyio.to_thread.run_sync(os.waitpid, self.pid, 0)
+        and collect it; close the pipe. The master is the caller's again, non-blocking."""
+        if self._process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self._process.pid, signal.SIGKILL)
+            await anyio.to_thread.run_sync(self._process.wait)
         os.close(self.fd)
+        os.set_blocking(self.master, False)

@@ -32,11 +32,13 @@ class Database:
 
     @property
     def sqlite_path(self) -> Path | None:
-        """The database file, for SQLite on disk; None otherwise."""
+        """The database file, for SQLite on disk given by its path; None otherwise."""
         if self.backend != "sqlite":
             return None
         database = make_url(self.url).database
-        return Path(database) if database and database != ":memory:" else None
+        if not database or database == ":memory:" or database.startswith("file:"):
+            return None  # in memory, or a URI: its own connection would not be this one's
+        return Path(database)
 
     async def close(self) -> None:
         await self.engine.dispose()

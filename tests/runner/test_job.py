@@ -321,3 +321,19 @@ async def test_secrets_in_the_env_never_reach_the_log_or_the_tee(tmp_path: Path)
             b"conveyor: warning: $DB_PASSWORD is shorter than 6 bytes: it is not redacted "
             b"from the log\r\n"
         )
+
+
+async def test_prepare_makes_the_working_directory_and_run_reports_its_failure(
+    tmp_path: Path,
+) -> None:
+    made = JobRunner(job("pwd", tmp_path, cwd=tmp_path / "deep" / "dir"), RecordingSink())
+    await made.prepare()
+    assert await anyio.Path(tmp_path / "deep" / "dir").is_dir()
+    blocker = tmp_path / "a-file"
+    await anyio.Path(blocker).write_text("not a directory")
+    sink = RecordingSink()
+    failed = JobRunner(job("touch ran", tmp_path, cwd=blocker / "sub"), sink)
+    await failed.prepare()
+    result = await failed.run()
+    assert (result.exit_status, result.signal_reason) == (-1, SignalReason.PROCESS_RUN_ERROR)
+    assert strip(sink.data).startswith(b"conveyor: could not start the job: ")

@@ -376,6 +376,7 @@ class AgentWorker:
                 functools.partial(runner.redactor.add, name=_REDACTOR_ADD),
                 opts.redacted_vars,
             )
+        await runner.prepare()
         return runner
 
     async def _refuse(self, job: JobClient, why: str) -> None:

@@ -81,9 +81,21 @@ class JobRunner:
         # Set by a cancel that may not wait for the grace (an agent quitting at once).
         self._killed = False
         self._kill_now: anyio.Event | None = None
+        self._prepared = False
+        self._cwd_error: OSError | None = None
         self.redactor = Redactor()
         for name, value in sorted(secret_values(run.env, run.redacted_vars).items()):
             self.redactor.add(value, name=f"${name}")
+
+    async def prepare(self) -> None:
+        """What can be done before the job may start: its working directory. Optional; a
+        caller that must wait for leave to start (the agent's start call) calls it meanwhile,
+        so that `run` has that much less to do. A failure is reported by `run`."""
+        try:
+            await anyio.Path(self.run_spec.cwd).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            self._cwd_error = exc
+        self._prepared = True
 
     def cancel(self, reason: SignalReason, *, grace: float | None = None) -> None:
         """Stop the job; before `run` it never starts. The first reason given is reported.
@@ -129,7 +141,10 @@ class JobRunner:
             try:
                 with self._scope:
                     try:
-                        await anyio.Path(spec.cwd).mkdir(parents=True, exist_ok=True)
+                        if not self._prepared:
+                            await self.prepare()
+                        if self._cwd_error is not None:
+                            raise self._cwd_error
                         argv = list(spec.argv) or [*shlex.split(spec.shell), spec.command]
                         exit_ = await run_process(
                             argv,

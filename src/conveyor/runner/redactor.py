@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import base64
 import fnmatch
+import functools
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from urllib.parse import quote, quote_plus
 
 MIN_SECRET = 6
@@ -50,8 +51,16 @@ _Token = int | None  # a byte, or None for a whitespace run between lines
 
 def secret_values(env: Mapping[str, str], patterns: Iterable[str]) -> dict[str, str]:
     """The variables of `env` whose names match one of `patterns` (case-sensitive globs)."""
-    pats = list(patterns)
-    return {k: v for k, v in env.items() if any(fnmatch.fnmatchcase(k, p) for p in pats)}
+    matches = _names(tuple(patterns))
+    return {k: v for k, v in env.items() if matches(k)}
+
+
+@functools.lru_cache(maxsize=16)
+def _names(patterns: tuple[str, ...]) -> Callable[[str], object]:
+    # One regex for all the globs: every job checks every variable of its environment.
+    if not patterns:
+        return lambda _name: False
+    return re.compile("|".join(fnmatch.translate(p) for p in patterns)).match
 
 
 def _forms(secret: bytes) -> set[bytes]:

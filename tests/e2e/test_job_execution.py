@@ -145,3 +145,24 @@ async def test_agent_max_log_size_cuts_the_stored_log(database_url: str, tmp_pat
         assert b"the log reached its maximum size of 4096 bytes" in log
         assert b"END" not in log
         assert log.count(b"x") < 4096
+
+
+async def test_a_job_the_agent_cannot_prepare_fails_with_the_reason_in_its_log(
+    database_url: str, tmp_path: Path
+) -> None:
+    """The build path cannot even be looked at (a name too long for the file system): the
+    job ends -1 (`process_run_error`) saying why, and its command never runs."""
+    marker = tmp_path / "ran"
+    async with (
+        running_server(database_url, tmp_path / "server") as handle,
+        running_agents(handle, tmp_path / ("x" * 300), spawn=1),
+        Api(handle) as api,
+    ):
+        build = await api.create_build(f"steps:\n  - command: touch {marker}\n")
+        build = await api.wait_build(build)
+        (job,) = build.jobs
+        log = (await api.log(job.id)).decode()
+    assert (job.exit_status, job.signal_reason) == (-1, p.SignalReason.PROCESS_RUN_ERROR)
+    assert log.startswith("conveyor: could not prepare the job: ")
+    assert "File name too long" in log
+    assert not marker.exists()

@@ -237,13 +237,13 @@ async def test_output_a_late_relay_still_holds_is_not_cut_off(
     output = Output()
 
     async def stop_the_relay_for_a_while() -> None:
-        while b"50000\r\n" not in output.data:  # all of `seq` relayed
+        while not relays or b"50000\r\n" not in output.data:  # all of `seq` relayed
             await anyio.sleep(0.01)
         made = relays[0]
         assert made is not None
         os.kill(made.pid, signal.SIGSTOP)
         try:
-            await anyio.sleep(2)  # the command writes LAST after 1 s and exits
+            await anyio.sleep(3)  # the command writes LAST 2 s after `seq` and exits
         finally:
             os.kill(made.pid, signal.SIGCONT)
 
@@ -251,7 +251,7 @@ async def test_output_a_late_relay_still_holds_is_not_cut_off(
         async with anyio.create_task_group() as tg:
             tg.start_soon(stop_the_relay_for_a_while)
             result = await run_process(
-                ["bash", "-c", "seq 1 50000; sleep 1; echo LAST"],
+                ["bash", "-c", "seq 1 50000; sleep 2; echo LAST"],
                 env=base_env(),
                 cwd=tmp_path,
                 on_output=output,

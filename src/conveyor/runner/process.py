@@ -122,20 +122,24 @@ class _Pump:
                 with anyio.move_on_after(DRAIN_IDLE_S) as idle:
                     await anyio.wait_readable(self._fd)
                 if idle.cancelled_caught:
-                    if self._relay is not None and await self._relay.busy():
+                    if self._relay is None:
+                        return
+                    if await self._relay.busy():
                         continue  # late, not quiet: what it passes on is still output
-                    return
+                    # It may have passed its last piece on while we looked.
+                    data, ended = self._read_available()
+                    if not data and not ended:
+                        return
+                    await self._take(data, ended)
+                    continue
             else:
                 with anyio.CancelScope() as self._waiting:
                     await anyio.wait_readable(self._fd)
                 self._waiting = None
             data, ended = self._read_available()
-            if data:
-                await self._on_output(data)
+            if not await self._take(data, ended):
+                return
             if ended:
-                if self._relay is None:
-                    return
-                await self._end_relay()
                 continue
             if self._wide and len(data) < COALESCE_BELOW and not self._exited:
                 await anyio.sleep(COALESCE_S)
@@ -143,6 +147,18 @@ class _Pump:
                 self._read_directly += len(data)
                 if self._read_directly >= RELAY_AFTER:
                     await self._busy()
+
+    async def _take(self, data: bytes, ended: bool) -> bool:
+        """Pass `data` on; False when the output has ended (a relay's pipe ending is not that
+        yet: the terminal is read directly to its end)."""
+        if data:
+            await self._on_output(data)
+        if not ended:
+            return True
+        if self._relay is None:
+            return False
+        await self._end_relay()
+        return True
 
     async def _busy(self) -> None:
         """The output is busy: relay the PTY, or widen the pipe."""

@@ -115,11 +115,14 @@ class Relay:
             state = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
         except (OSError, IndexError):
             return False
-        return state in ("R", "D")  # copying, or about to: not blocked on an empty terminal
+        # Running or about to (R, D), or stopped (T, t) — maybe holding what it read: only a
+        # `cat` asleep on an empty terminal (S) has nothing more to pass on.
+        return state in ("R", "D", "T", "t")
 
     async def busy(self) -> bool:
         """Whether `cat` may still pass output on: the terminal holds bytes it has not taken,
-        or it is running rather than waiting on the terminal. Read in a worker thread."""
+        or it is running or stopped rather than waiting on the terminal. Read in a worker
+        thread."""
         return await anyio.to_thread.run_sync(self._busy)
 
     async def aclose(self) -> None:

@@ -102,6 +102,18 @@ class JobSetupError(ConveyorError):
     """A job cannot be set up to run; the message says why, in the job's log."""
 
 
+def outside_job(command: str, where: str, missing: list[str], hint: str = "") -> ConveyorError:
+    """The error of an in-job command run elsewhere: which of the variables the agent sets for
+    a job's command are missing."""
+    names = ", ".join(missing[:-1]) + " and " + missing[-1] if len(missing) > 1 else missing[0]
+    return ConveyorError(
+        f"`{command}` works only inside {where}: {names}"
+        + (" is" if len(missing) == 1 else " are")
+        + " not set (the agent sets them for the job's command)"
+        + (f". {hint}" if hint else "")
+    )
+
+
 def is_retryable(exc: BaseException) -> bool:
     """True for failures worth another try: network errors, 429 and 5xx."""
     import httpx

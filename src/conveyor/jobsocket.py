@@ -20,7 +20,7 @@ from collections.abc import Mapping
 import anyio
 from anyio.streams.buffered import BufferedByteReceiveStream
 
-from conveyor.errors import ConveyorError
+from conveyor.errors import ConveyorError, outside_job
 
 SOCKET_ENV = "CONVEYOR_LOCKS_SOCKET"
 TOKEN_ENV = "CONVEYOR_LOCKS_TOKEN"
@@ -36,12 +36,7 @@ def from_env(env: Mapping[str, str], command: str) -> tuple[str, str]:
     """(socket path, token) of the job this runs in, or an error naming `command` outside one."""
     missing = [name for name in (SOCKET_ENV, TOKEN_ENV) if not env.get(name)]
     if missing:
-        raise ConveyorError(
-            f"`{command}` works only inside a job run by a Conveyor agent: "
-            + " and ".join(missing)
-            + (" is" if len(missing) == 1 else " are")
-            + " not set (the agent sets them for the job's command)"
-        )
+        raise outside_job(command, "a job run by a Conveyor agent", missing)
     return env[SOCKET_ENV], env[TOKEN_ENV]
 
 

@@ -30,6 +30,7 @@ from conveyor.server.reaper import expire_assignments
 from conveyor.server.service import ServerHandle
 from conveyor.storage import tables as t
 from tests.harness import Api, running_agents, running_server
+from tests.server.drive import next_spec
 
 pytestmark = pytest.mark.anyio
 
@@ -685,14 +686,6 @@ async def test_a_pushed_job_whose_start_is_refused_does_not_run(
         await proxy.until(lambda: proxy.requests[finish] >= 1, timeout=20)
         took = anyio.current_time() - clock
     assert not ran.exists() and took < 15
-
-
-async def next_spec(messages: AsyncIterator[p.StreamMessage]) -> p.JobSpec:
-    async for message in messages:
-        if message.type == p.StreamMessageType.JOB_ASSIGNED:
-            assert message.spec is not None
-            return message.spec
-    raise AssertionError("the stream ended")
 
 
 # ---- known bugs -----------------------------------------------------------------------------

@@ -163,6 +163,6 @@ async def test_a_job_the_agent_cannot_prepare_fails_with_the_reason_in_its_log(
         (job,) = build.jobs
         log = (await api.log(job.id)).decode()
     assert (job.exit_status, job.signal_reason) == (-1, p.SignalReason.PROCESS_RUN_ERROR)
-    assert log.startswith("conveyor: could not prepare the job: ")
+    assert log.startswith("conveyor: this job was not run: it could not be prepared: ")
     assert "File name too long" in log
     assert not marker.exists()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -31,6 +32,15 @@ async def take_job(agent: AgentClient) -> tuple[p.JobSpec, JobClient]:
     assert ping.job is not None, "the ping offered no job"
     spec = await agent.accept(ping.job.id)
     return spec, agent.job_client(spec)
+
+
+async def next_spec(messages: AsyncIterator[p.StreamMessage]) -> p.JobSpec:
+    """The spec of the next job pushed on an agent's stream."""
+    async for message in messages:
+        if message.type == p.StreamMessageType.JOB_ASSIGNED:
+            assert message.spec is not None
+            return message.spec
+    raise AssertionError("the stream ended")
 
 
 async def finish(job: JobClient, exit_status: int = 0) -> None:

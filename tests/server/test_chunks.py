@@ -3,20 +3,18 @@ log (see also test_job_flow.test_chunk_upload_rules)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import anyio
 import httpx
 import pytest
 
-from conveyor import protocol as p
 from conveyor.client import new_http_client
 from conveyor.errors import APIError
 from conveyor.server.service import ServerHandle
 from conveyor.storage.checkpoint import WRITER_CHECKPOINT_PAGES
 from tests.harness import Api, running_server
-from tests.server.drive import finish, new_agent, take_job
+from tests.server.drive import finish, new_agent, next_spec, take_job
 
 pytestmark = pytest.mark.anyio
 
@@ -43,13 +41,6 @@ async def test_a_body_longer_than_its_size_is_refused_and_not_stored(
     assert (await api.http.get(f"/api/v1/jobs/{spec.id}")).json()["log_size"] == 5
 
 
-async def _pushed_spec(messages: AsyncIterator[p.StreamMessage]) -> p.JobSpec:
-    async for message in messages:
-        if message.type == p.StreamMessageType.JOB_ASSIGNED and message.spec is not None:
-            return message.spec
-    raise AssertionError("the stream ended")
-
-
 async def test_a_pushed_job_takes_log_once_started(
     server: ServerHandle, http: httpx.AsyncClient, api: Api
 ) -> None:
@@ -59,7 +50,7 @@ async def test_a_pushed_job_takes_log_once_started(
     async with agent.stream() as messages:
         await api.create_build("steps:\n  - command: one\n")
         with anyio.fail_after(10):
-            spec = await _pushed_spec(messages)
+            spec = await next_spec(messages)
     job = agent.job_client(spec)
     with pytest.raises(APIError) as caught:
         await job.upload_chunk(1, 0, b"early")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
@@ -14,7 +13,7 @@ from conveyor import protocol as p
 from conveyor.errors import APIError, JobGoneError
 from conveyor.server.service import ServerHandle
 from tests.harness import Api
-from tests.server.drive import finish, new_agent, run_job, take_job
+from tests.server.drive import finish, new_agent, next_spec, run_job, take_job
 
 pytestmark = pytest.mark.anyio
 
@@ -185,14 +184,6 @@ def _assigns(statements: list[str]) -> bool:
     return any(s.startswith("UPDATE jobs SET state=") and "agent_id=" in s for s in statements)
 
 
-async def _next_spec(messages: AsyncIterator[p.StreamMessage]) -> p.JobSpec:
-    async for message in messages:
-        if message.type == p.StreamMessageType.JOB_ASSIGNED:
-            assert message.spec is not None
-            return message.spec
-    raise AssertionError("the stream ended")
-
-
 async def test_a_build_is_given_to_an_idle_streaming_agent_in_the_transaction_creating_it(
     server: ServerHandle, http: httpx.AsyncClient, api: Api
 ) -> None:
@@ -204,7 +195,7 @@ async def test_a_build_is_given_to_an_idle_streaming_agent_in_the_transaction_cr
         with Transactions(server) as log:
             first = await api.create_build("steps:\n  - command: one\n")
             with anyio.fail_after(10):
-                spec = await _next_spec(messages)
+                spec = await next_spec(messages)
         assert spec.id == first.jobs[0].id
         created = log.one_with("INSERT INTO builds")
         assert _assigns(created)
@@ -216,7 +207,7 @@ async def test_a_build_is_given_to_an_idle_streaming_agent_in_the_transaction_cr
         with Transactions(server) as log:
             await finish(job)
             with anyio.fail_after(10):
-                following = await _next_spec(messages)
+                following = await next_spec(messages)
         assert following.id == second.jobs[0].id
         finished = log.one_with("UPDATE jobs SET state=", "exit_status=")
         assert _assigns(finished)
@@ -239,7 +230,7 @@ async def test_streaming_agents_keep_to_concurrency_groups(
         assert await _job_state(api, second.jobs[0].id) == (p.JobState.SCHEDULED, None)
         await finish(running)  # the group has room again
         with anyio.fail_after(10):
-            spec = await _next_spec(messages)
+            spec = await next_spec(messages)
         assert spec.id == second.jobs[0].id
 
 
@@ -261,5 +252,5 @@ async def test_a_group_slot_freed_by_a_disconnect_goes_to_a_streaming_agent_at_o
         state, holder = await _job_state(api, second.jobs[0].id)
         assert state == p.JobState.ASSIGNED and holder is not None
         with anyio.fail_after(10):
-            spec = await _next_spec(messages)
+            spec = await next_spec(messages)
         assert spec.id == second.jobs[0].id

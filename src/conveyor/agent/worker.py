@@ -293,22 +293,20 @@ class AgentWorker:
                 refused.append(exc)
 
         runner: JobRunner | None = None
-        unready = ""
+        unready: OSError | None = None
         async with anyio.create_task_group() as tg:
             tg.start_soon(start)
             try:
                 runner = await self._prepare(spec, job)
             except OSError as exc:  # the build path cannot be looked at, say
-                unready = f"conveyor: could not prepare the job: {exc}\r\n"
+                unready = exc
         if refused:
             log.warning("%s: could not start job %s: %s", self.name, job_id, refused[0])
             await self._finish(job, exit_status=-1, reason=p.SignalReason.PROCESS_RUN_ERROR)
             return
         if runner is None:
-            log.error("%s: job %s: %s", self.name, job_id, unready.strip())
-            with contextlib.suppress(httpx.TransportError, APIError):
-                await job.upload_chunk(1, 0, unready.encode())
-            await self._finish(job, exit_status=-1, reason=p.SignalReason.PROCESS_RUN_ERROR)
+            why = f"it could not be prepared: {unready}"
+            await self._refuse(job, why, reason=p.SignalReason.PROCESS_RUN_ERROR)
             return
         if status := await pre_bootstrap(self.options, spec.id, spec.env):
             await self._refuse(job, f"the agent's pre-bootstrap hook refused it (status {status})")
@@ -379,12 +377,14 @@ class AgentWorker:
         await runner.prepare()
         return runner
 
-    async def _refuse(self, job: JobClient, why: str) -> None:
-        """Finish a job this agent will not run: -1 (`agent_refused`), the reason in its log."""
-        log.warning("%s: job %s refused: %s", self.name, job.job_id, why)
+    async def _refuse(
+        self, job: JobClient, why: str, *, reason: p.SignalReason = p.SignalReason.AGENT_REFUSED
+    ) -> None:
+        """Finish a job this agent will not run: -1 and `reason`, the why in its log."""
+        log.warning("%s: job %s not run: %s", self.name, job.job_id, why)
         with contextlib.suppress(httpx.TransportError, APIError):
             await job.upload_chunk(1, 0, f"conveyor: this job was not run: {why}\r\n".encode())
-        await self._finish(job, exit_status=-1, reason=p.SignalReason.AGENT_REFUSED)
+        await self._finish(job, exit_status=-1, reason=reason)
 
     async def _watch_job(self, job: JobClient, runner: JobRunner) -> None:
         """Poll the job's state (interval plus jitter): a job the server is canceling, or one

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 import anyio
 
-from conveyor.errors import ConveyorError, JobGoneError
+from conveyor.errors import ConveyorError, JobGoneError, outside_job
 
 if TYPE_CHECKING:
     from conveyor.client import JobClient
@@ -35,13 +35,7 @@ def job_context(env: Mapping[str, str], command: str, hint: str = "") -> tuple[s
     }
     missing = [name for name, value in found.items() if value is None]
     if missing:
-        raise ConveyorError(
-            f"`{command}` works only inside a job: "
-            + ", ".join(missing)
-            + (" is" if len(missing) == 1 else " are")
-            + " not set (the agent sets them for the job's command)"
-            + (f". {hint}" if hint else "")
-        )
+        raise outside_job(command, "a job", missing, hint)
     return (
         found["CONVEYOR_AGENT_ENDPOINT"] or "",
         found["CONVEYOR_AGENT_ACCESS_TOKEN"] or "",

@@ -146,7 +146,7 @@ class _Pump:
             if not self._wide and not self._relayed and not self._exited:
                 self._read_directly += len(data)
                 if self._read_directly >= RELAY_AFTER:
-                    await self._busy()
+                    await self._go_wide()
 
     async def _take(self, data: bytes, ended: bool) -> bool:
         """Pass `data` on; False when the output has ended (a relay's pipe ending is not that
@@ -160,7 +160,7 @@ class _Pump:
         await self._end_relay()
         return True
 
-    async def _busy(self) -> None:
+    async def _go_wide(self) -> None:
         """The output is busy: relay the PTY, or widen the pipe."""
         if self._master is None:
             widen_pipe(self._fd)

@@ -31,6 +31,8 @@ def blockbuster() -> Iterator[BlockBuster | None]:
         for function in bb.functions.values():
             function.can_block_in("conveyor/storage/engine.py", "_migrate_in_thread")
             function.can_block_in("conveyor/storage/engine.py", "_upgrade")
+            # Small SQLite statements run on the loop on purpose (storage/sqlite_conn.py).
+            function.can_block_in("conveyor/storage/sqlite_conn.py", {"_run", "commit", "rollback"})
             # asyncpg looks for ~/.pgpass and ~/.postgresql/ certificates once per new pooled
             # connection: a few stats of small files, rare once the pool is warm.
             function.can_block_in("asyncpg/connect_utils.py", "_parse_connect_dsn_and_args")

@@ -1,5 +1,5 @@
 """The SQLite connection the server uses: SQLAlchemy gets what it expects of a statement's
-result, and each statement is one trip to the connection's thread."""
+result; small statements run on the event loop, large ones take one trip to the thread."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 import sqlalchemy.exc
 from sqlalchemy import text
@@ -14,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from conveyor.storage import open_database
 from conveyor.storage.engine import sqlite_url
-from conveyor.storage.sqlite_conn import OneTripConnection
+from conveyor.storage.sqlite_conn import INLINE_MAX_BYTES, OneTripConnection
 
 pytestmark = pytest.mark.anyio
 
@@ -64,7 +65,7 @@ async def test_errors_are_sqlalchemys_and_roll_back(engine: AsyncEngine) -> None
         assert (await conn.execute(text("SELECT count(*) FROM t"))).scalar_one() == 0
 
 
-async def test_a_statement_is_one_trip_to_the_thread(
+async def test_small_statements_stay_on_the_loop_and_large_ones_take_one_trip(
     engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     trips: list[str] = []
@@ -74,10 +75,48 @@ async def test_a_statement_is_one_trip_to_the_thread(
         trips.append(getattr(fn, "__name__", repr(fn)))
         return await original(self, fn, *args, **kwargs)  # type: ignore[no-untyped-call]
 
+    monkeypatch.setattr(OneTripConnection, "_execute", counted)
     async with engine.begin() as conn:
-        await conn.execute(text("INSERT INTO t (name) VALUES ('warm')"))  # BEGIN is emitted here
-        monkeypatch.setattr(OneTripConnection, "_execute", counted)
         await conn.execute(text("INSERT INTO t (name) VALUES ('a')"))
-        assert (await conn.execute(text("SELECT name FROM t WHERE id = 2"))).scalar_one() == "a"
-        await conn.execute(text("UPDATE t SET name = 'b' WHERE id = 2 RETURNING id"))
-        assert trips == ["_run", "_run", "_run"]
+        assert (await conn.execute(text("SELECT name FROM t WHERE id = 1"))).scalar_one() == "a"
+        await conn.execute(text("UPDATE t SET name = 'b' WHERE id = 1 RETURNING id"))
+    assert trips == []  # nor the commit
+
+    large = "x" * (INLINE_MAX_BYTES + 1)
+    async with engine.begin() as conn:
+        await conn.execute(text("INSERT INTO t (name) VALUES (:name)"), {"name": "small"})
+        await conn.execute(text("INSERT INTO t (name) VALUES (:name)"), {"name": large})
+        await conn.execute(text("SELECT count(*) FROM t"))
+    # The large statement, and the commit of its transaction.
+    assert [t for t in trips if t != "_run"] == ["commit"] and trips.count("_run") == 1
+    trips.clear()
+    async with engine.begin() as conn:  # the next transaction is small again
+        await conn.execute(text("UPDATE t SET name = 'c' WHERE id = 1"))
+    assert trips == []
+    async with engine.connect() as conn:
+        names = (await conn.execute(text("SELECT name FROM t ORDER BY id"))).scalars().all()
+    assert names == ["c", "small", large]
+
+
+async def test_a_large_statement_lets_the_loop_go_on(engine: AsyncEngine) -> None:
+    """While the thread writes a large value, other tasks run; the statement's error, if any,
+    is SQLAlchemy's as for a small one."""
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await anyio.sleep(0)
+
+    large = "y" * (16 * INLINE_MAX_BYTES)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(ticker)
+        async with engine.begin() as conn:
+            before = ticks
+            await conn.execute(text("INSERT INTO t (name) VALUES (:name)"), {"name": large})
+            assert ticks > before
+        with pytest.raises(sqlalchemy.exc.IntegrityError):
+            async with engine.begin() as conn:
+                await conn.execute(text("INSERT INTO t (name) VALUES (:name)"), {"name": large})
+        tg.cancel_scope.cancel()

@@ -1,15 +1,24 @@
-"""An aiosqlite connection whose statements each take one trip to its thread.
+"""The server's SQLite connection: small statements run where they are awaited, large ones in
+aiosqlite's thread, and each of those is one trip to it.
 
 aiosqlite runs every call on the sqlite3 connection in a thread of its own; each call is a
-round trip (a queue, a thread woken, the event loop woken), a fraction of a millisecond on a
-busy loop. SQLAlchemy's aiosqlite adapter makes four of them per statement: open a cursor,
-execute, fetch the rows, close the cursor. Jobs are dispatched through a few dozen statements,
-so those trips were most of a job's dispatch time.
+round trip (a queue, a thread woken, the event loop woken). On this server's small statements
+(a row by its key, a compare-and-set) SQLite itself takes tens of microseconds and the trip
+costs more than that, on an idle machine much more: both wake-ups wait for a sleeping CPU.
+Jobs are dispatched through a few dozen statements, so the trips were most of a job's dispatch
+time. A statement whose parameters carry more than `INLINE_MAX_BYTES` (a log chunk) copies and
+writes that much; it still goes to the thread, so the event loop serves other requests
+meanwhile, as does the commit of a transaction that ran one.
 
-`OneTripConnection.cursor()` gives a cursor whose `execute` runs the statement, fetches its
-rows and closes the sqlite3 cursor in one trip, and whose other methods answer from what that
-trip brought back. Commit, rollback and the rest are aiosqlite's own. The rows of a statement
-are all fetched at once: fine for this server's queries, which are bounded.
+Blocking the event loop on a small statement is safe because nothing it could wait for is
+ours: the server has one connection (one transaction at a time), and the checkpoint loop's
+checkpoints are PASSIVE (they never hold a lock a writer waits for).
+
+SQLAlchemy's aiosqlite adapter made four trips per statement: open a cursor, execute, fetch
+the rows, close the cursor. `OneTripConnection.cursor()` gives a cursor whose `execute` runs
+the statement, fetches its rows and closes the sqlite3 cursor in one go, and whose other
+methods answer from what that brought back. The rows of a statement are all fetched at once:
+fine for this server's queries, which are bounded.
 """
 
 from __future__ import annotations
@@ -21,7 +30,10 @@ from typing import Any
 
 import aiosqlite
 
-__all__ = ["OneTripConnection", "connect"]
+__all__ = ["INLINE_MAX_BYTES", "OneTripConnection", "connect"]
+
+INLINE_MAX_BYTES = 64 * 1024
+"""Parameters larger than this (all of a statement's together) send it to the thread."""
 
 _Description = tuple[tuple[str, None, None, None, None, None, None], ...] | None
 _Outcome = tuple[_Description, int, int | None, list[Any]]
@@ -39,6 +51,17 @@ def _run(conn: sqlite3.Connection, sql: str, parameters: Any, many: bool) -> _Ou
         return cursor.description, cursor.rowcount, cursor.lastrowid, rows
     finally:
         cursor.close()
+
+
+def _parameters_size(parameters: Any, many: bool) -> int:
+    rows = parameters if many else (parameters,)
+    size = 0
+    for row in rows:
+        values = row.values() if isinstance(row, dict) else row or ()
+        for value in values:
+            if isinstance(value, bytes | str | bytearray | memoryview):
+                size += len(value)
+    return size
 
 
 class _Cursor:
@@ -64,8 +87,13 @@ class _Cursor:
         await self.close()
 
     async def _call(self, sql: str, parameters: Any, many: bool) -> _Cursor:
-        conn = self._connection._conn
-        outcome = await self._connection._execute(_run, conn, sql, parameters, many)  # type: ignore[no-untyped-call]
+        connection = self._connection
+        conn = connection._conn
+        if _parameters_size(parameters, many) <= INLINE_MAX_BYTES:
+            outcome = _run(conn, sql, parameters, many)
+        else:
+            connection.large_in_transaction = True
+            outcome = await connection._execute(_run, conn, sql, parameters, many)  # type: ignore[no-untyped-call]
         self.description, self.rowcount, self.lastrowid, self._rows = outcome
         return self
 
@@ -92,13 +120,31 @@ class _Cursor:
 
 
 class OneTripConnection(aiosqlite.Connection):
+    large_in_transaction = False
+    """A statement of this transaction went to the thread: so does its commit, which may
+    write (or checkpoint) that much more."""
+
     def cursor(self) -> _Cursor:  # type: ignore[override]
         return _Cursor(self)
+
+    async def commit(self) -> None:
+        if self.large_in_transaction:
+            self.large_in_transaction = False
+            await super().commit()
+        else:
+            self._conn.commit()
+
+    async def rollback(self) -> None:
+        self.large_in_transaction = False
+        self._conn.rollback()
 
 
 def connect(database: str, **kwargs: Any) -> Callable[[], OneTripConnection]:
     """An `async_creator` for SQLAlchemy: `sqlite3.connect(database, **kwargs)` behind a
     `OneTripConnection` (awaited by SQLAlchemy, which starts its thread)."""
+
+    # Made in aiosqlite's thread, used from the event loop's too (never at once).
+    kwargs = {**kwargs, "check_same_thread": False}
 
     def create() -> OneTripConnection:
         conn = OneTripConnection(lambda: sqlite3.connect(database, **kwargs), iter_chunk_size=64)

@@ -199,11 +199,16 @@ async def advance_build(tx: Tx, build_id: str) -> BuildRow:
 
 async def _advance_once(tx: Tx, build: BuildRow, edits: _Edits) -> bool:
     steps = {s.id: s for s in build.steps}
+    # Each running step looks at its own jobs: grouped once, not searched for per step (a
+    # build of N parallel steps would cost N x N per pass).
+    jobs_of: dict[str, list[JobRow]] = {}
+    for job in build.jobs:
+        jobs_of.setdefault(job.step_id, []).append(job)
     canceling = build.state == BuildState.CANCELING
     changed = False
     for step in build.steps:
         if step.state == "running":
-            outcome = await _running_outcome(tx, build, step, steps, edits)
+            outcome = await _running_outcome(tx, step, jobs_of.get(step.id, []), steps, edits)
             if outcome is not None:
                 await edits.set_step_state(tx, step.id, outcome)
                 if outcome == "failed":
@@ -317,9 +322,10 @@ async def _facts(tx: Tx, build: BuildRow) -> BuildFacts:
 
 
 async def _running_outcome(
-    tx: Tx, build: BuildRow, step: StepRow, steps: dict[str, StepRow], edits: _Edits
+    tx: Tx, step: StepRow, jobs: list[JobRow], steps: dict[str, StepRow], edits: _Edits
 ) -> str | None:
-    """The settled state of a running step, or None while it is still going."""
+    """The settled state of a running step (`jobs`: all of its jobs), or None while it is
+    still going."""
     if step.kind == "group":
         children = [steps[c] for c in step.config.get("children", []) if c in steps]
         if any(c.state not in SETTLED for c in children):
@@ -332,7 +338,7 @@ async def _running_outcome(
         return "skipped" if states == {"skipped"} else "not_run"
     if step.kind == "trigger":
         return await _trigger_outcome(tx, step)
-    latest = latest_attempts(j for j in build.jobs if j.step_id == step.id)
+    latest = latest_attempts(jobs)
     if any(not JobState(j.state).terminal for j in latest):
         return None
     failed = False

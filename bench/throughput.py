@@ -10,7 +10,8 @@ baseline, so a change in the machine's load during the run shows.
 The system run: a real server (in this process, SQLite in a temporary directory, 127.0.0.1:0),
 `--agents` streaming agent workers, and M jobs whose command is `true`. With `--shape builds`
 (the default) they are M one-step builds, created by `--agents` concurrent REST clients as fast
-as the server takes them; with `--shape steps` they are the M parallel steps of one build. The
+as the server takes them; with `--shape steps` they are the M parallel steps of one build, and
+with `--shape parallelism` the M jobs of one step (`parallelism: M`). The
 clock runs from just before the first build is created to the server's `finished_at` of the
 last build, so the benchmark's way of noticing the end does not count.
 """
@@ -53,7 +54,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         ),
         epilog=(
             "--shape builds (default): M one-step builds, created by N concurrent REST "
-            "clients. --shape steps: one build of M parallel steps. Agents run in this process "
+            "clients. --shape steps: one build of M parallel steps. --shape parallelism: one "
+            "step with parallelism M. Agents run in this process "
             "unless --agent-processes is given. Progress goes to stderr; with --json the last "
             "line of stdout is one JSON object."
         ),
@@ -65,7 +67,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--shape",
-        choices=["builds", "steps"],
+        choices=["builds", "steps", "parallelism"],
         default="builds",
         help="builds: M one-step builds (default); steps: one build of M parallel steps",
     )
@@ -155,9 +157,14 @@ async def create_and_follow(
     return builds
 
 
-async def one_build(api: h.Api, count: int) -> list[p.BuildOut]:
-    """One build of `count` parallel steps; returns once it has ended (read once a second)."""
-    build = await api.create_build("steps:\n" + STEP * count, SLUG)
+async def one_build(api: h.Api, count: int, *, one_step: bool) -> list[p.BuildOut]:
+    """One build of `count` parallel steps, or of one step of `count` parallel jobs; returns
+    once it has ended (read once a second)."""
+    if one_step:
+        text = f'steps:\n  - command: "true"\n    parallelism: {count}\n'
+    else:
+        text = "steps:\n" + STEP * count
+    build = await api.create_build(text, SLUG)
     h.progress(f"a build of {count} steps created; waiting for its jobs")
     while not build.state.terminal:
         await anyio.sleep(1.0)
@@ -191,7 +198,8 @@ async def system(args: argparse.Namespace) -> tuple[float, float, int]:
                     if args.shape == "builds":
                         builds = await create_and_follow(server, api, args.jobs, args.agents)
                     else:
-                        builds = await one_build(api, args.jobs)
+                        one_step = args.shape == "parallelism"
+                        builds = await one_build(api, args.jobs, one_step=one_step)
                     done = [await settled(api, b) for b in builds]
                 finished = max(b.finished_at for b in done if b.finished_at is not None)
                 created = max(b.created_at for b in done)
@@ -232,7 +240,11 @@ def main(argv: list[str] | None = None) -> int:
     where = (
         f"{args.agent_processes} agent processes" if args.agent_processes else "in-process agents"
     )
-    shape = "one-step builds" if args.shape == "builds" else "parallel steps of one build"
+    shape = {
+        "builds": "one-step builds",
+        "steps": "parallel steps of one build",
+        "parallelism": "the parallel jobs of one step",
+    }[args.shape]
     print(f"throughput: {args.jobs} `true` jobs as {shape}, {args.agents} agents ({where})")
     print(
         f"  system:   {r['jobs_per_s']:8.1f} jobs/s"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import textwrap
 
+import anyio
 import pytest
 
 from conveyor.server import scheduler
@@ -126,3 +127,104 @@ async def test_advancing_returns_the_build_as_stored(store: Store, name: str) ->
         final = await tx.get_build(build.id)
     assert final.state in ("passed", "failed"), [(s.label, s.state) for s in final.steps]
     assert all(j.state in ("finished", "skipped", "canceled") for j in final.jobs)
+
+
+async def _finish(tx: Tx, job_id: str, status: int = 0) -> None:
+    for old, new in (("scheduled", "assigned"), ("assigned", "accepted"), ("accepted", "running")):
+        await tx.require_transition(job_id, [old], new)
+    await tx.require_transition(
+        job_id, ["running"], "finished", exit_status=status, finished_at=utcnow()
+    )
+
+
+async def test_a_job_ending_beside_live_jobs_of_its_step_leaves_the_build_unread(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    text = (
+        "steps:\n  - {label: a, command: a, parallelism: 3}\n  - wait\n  - {label: b, command: b}\n"
+    )
+    async with store.transaction() as tx:
+        build = await scheduler.store_build(tx, scheduler.prepare_build("p", text))
+    step_a = next(s for s in build.steps if s.label == "a")
+    a_jobs = [j.id for j in build.jobs if j.step_id == step_a.id]
+    assert len(a_jobs) == 3
+    reads: list[str] = []
+    original = Tx.get_build
+
+    async def counted(self: Tx, build_id: str) -> BuildRow:
+        reads.append(build_id)
+        return await original(self, build_id)
+
+    monkeypatch.setattr(Tx, "get_build", counted)
+    for n, job_id in enumerate(a_jobs, start=1):
+        async with store.transaction() as tx:
+            await _finish(tx, job_id)
+            await scheduler.job_ended(tx, await tx.get_job(job_id))
+        last = n == len(a_jobs)
+        assert bool(reads) == last, f"job {n} of 3: the build was read {len(reads)} times"
+        async with store.transaction() as tx:
+            now = await original(tx, build.id)
+        states = {s.label: s.state for s in now.steps if s.label in ("a", "b")}
+        assert states == (
+            {"a": "passed", "b": "running"} if last else {"a": "running", "b": "pending"}
+        )
+        reads.clear()
+
+
+async def test_a_failed_job_retried_keeps_its_step_running_and_the_last_ending_settles_it(
+    store: Store,
+) -> None:
+    text = """
+        steps:
+          - {label: a, command: a, parallelism: 2, retry: {automatic: [{exit_status: 2, limit: 1}]}}
+          - wait
+          - {label: b, command: b}
+    """
+    async with store.transaction() as tx:
+        build = await scheduler.store_build(tx, scheduler.prepare_build("p", textwrap.dedent(text)))
+    first, second = (j.id for j in build.jobs if j.label.startswith("a"))
+    async with store.transaction() as tx:
+        await _finish(tx, first, status=2)
+        retried = await retry_if_asked(tx, await tx.get_job(first))
+        assert retried is not None
+        await scheduler.job_ended(tx, await tx.get_job(first))
+    for job_id in (second, retried):
+        async with store.transaction() as tx:
+            await _finish(tx, job_id)
+            await scheduler.job_ended(tx, await tx.get_job(job_id))
+    async with store.transaction() as tx:
+        final = await tx.get_build(build.id)
+    assert {s.label: s.state for s in final.steps if s.label} == {"a": "passed", "b": "running"}
+
+
+async def test_the_last_two_jobs_of_a_step_ending_at_once_settle_it(store: Store) -> None:
+    """Each ending job's transaction has finished its job before either looks at the step
+    (PostgreSQL): whichever takes the build second sees the other's job ended, and advances."""
+    if store.backend != "postgresql":
+        pytest.skip("SQLite serialises writers: two transactions never overlap")
+    text = (
+        "steps:\n  - {label: a, command: a, parallelism: 2}\n  - wait\n  - {label: b, command: b}\n"
+    )
+    async with store.transaction() as tx:
+        build = await scheduler.store_build(tx, scheduler.prepare_build("p", text))
+    both_finished = anyio.Event()
+    finished = 0
+
+    async def end(job_id: str) -> None:
+        nonlocal finished
+        async with store.transaction() as tx:
+            await _finish(tx, job_id)
+            finished += 1
+            if finished == 2:
+                both_finished.set()
+            await both_finished.wait()
+            await scheduler.job_ended(tx, await tx.get_job(job_id))
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            for job in build.jobs:
+                if job.label.startswith("a"):
+                    tg.start_soon(end, job.id)
+    async with store.transaction() as tx:
+        final = await tx.get_build(build.id)
+    assert {s.label: s.state for s in final.steps if s.label} == {"a": "passed", "b": "running"}

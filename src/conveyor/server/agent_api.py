@@ -362,7 +362,7 @@ async def finish(job_id: str, body: p.FinishRequest, request: Request, _: JobTok
         if job.agent_id is not None:
             await tx.set_agent_job(job.agent_id, None, succeeded=body.exit_status == 0)
             agent = await tx.get_agent(job.agent_id)
-        await scheduler.advance_build(tx, job.build_id)
+        await scheduler.job_ended(tx, job)
     ctx.notifier.notify(f"build:{job.build_id}")
     if agent is not None:
         ctx.streams.job_done(agent)

@@ -171,6 +171,20 @@ class _Edits:
         return dataclasses.replace(build, steps=steps, jobs=jobs)
 
 
+async def job_ended(tx: Tx, job: JobRow) -> None:
+    """A job ended (finished or canceled, a retry of it made or not): advance its build.
+
+    Unless its step still has a job that has not ended: then the step cannot settle, so nothing
+    that depends on it can change either, and the build is not read. A finish in a step of
+    many parallel jobs costs one small query instead of a read of the whole build. The build
+    is locked first, so that of two jobs of the step ending at once (PostgreSQL), the second
+    sees the first as ended and advances."""
+    await tx.lock_build(job.build_id)
+    if await tx.step_has_live_jobs(job.step_id):
+        return
+    await advance_build(tx, job.build_id)
+
+
 async def advance_build(tx: Tx, build_id: str) -> BuildRow:
     """Settle what can be settled and start what became runnable, until nothing changes.
 

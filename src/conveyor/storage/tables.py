@@ -190,6 +190,7 @@ Index("ix_builds_parent_step", builds.c.parent_step_id)
 Index("ix_tokens_job", tokens.c.job_id)
 Index("ix_tokens_agent", tokens.c.agent_id)
 Index("ix_jobs_agent", jobs.c.agent_id)
+Index("ix_jobs_step", jobs.c.step_id)
 
 log_chunks = Table(
     "log_chunks",

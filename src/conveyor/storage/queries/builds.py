@@ -73,7 +73,14 @@ _BUILD_AND_STEP = (
     .select_from(_BUILDS.join(t.steps, t.steps.c.build_id == t.builds.c.id))
     .where(t.builds.c.id == bindparam("of_build"), t.steps.c.id == bindparam("of_step"))
 )
-_LOCK_BUILD = select(t.builds.c.id).where(t.builds.c.id == bindparam("of_build")).with_for_update()
+# FOR NO KEY UPDATE: it excludes other holders as FOR UPDATE does, but not the KEY SHARE lock a
+# transaction takes on the build through a foreign key (inserting steps, updating a job it
+# already updated): two such transactions each waiting for the other's lock would deadlock.
+_LOCK_BUILD = (
+    select(t.builds.c.id)
+    .where(t.builds.c.id == bindparam("of_build"))
+    .with_for_update(key_share=True)
+)
 _SET_STEP_STATE = (
     update(t.steps).where(t.steps.c.id == bindparam("of_step")).values(state=bindparam("to_state"))
 )

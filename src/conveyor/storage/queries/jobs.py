@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import Select, Update, bindparam, func, select, text, update
 
 from conveyor.errors import InvalidStateError, NotFoundError
-from conveyor.protocol import JobState, can_transition
+from conveyor.protocol import TERMINAL_JOB_STATES, JobState, can_transition
 from conveyor.storage import tables as t
 from conveyor.storage.queries.base import QueryBase, new_id, utcnow
 from conveyor.storage.rows import JobRow, NewJob
@@ -35,6 +35,14 @@ _SKIP_STEP = (
     update(t.jobs)
     .where(t.jobs.c.step_id == bindparam("of_step"), t.jobs.c.state.in_(["pending", "scheduled"]))
     .values(state="skipped", finished_at=bindparam("now"))
+)
+_LIVE_IN_STEP = (
+    select(t.jobs.c.id)
+    .where(
+        t.jobs.c.step_id == bindparam("of_step"),
+        t.jobs.c.state.not_in([s.value for s in TERMINAL_JOB_STATES]),
+    )
+    .limit(1)
 )
 _START = (
     update(t.jobs)
@@ -245,6 +253,10 @@ class JobQueries(QueryBase):
         if result.rowcount:
             self.changes.runnable = True
         return now
+
+    async def step_has_live_jobs(self, step_id: str) -> bool:
+        """Whether a job of the step has not ended (any attempt)."""
+        return (await self.conn.execute(_LIVE_IN_STEP, {"of_step": step_id})).first() is not None
 
     async def skip_step_jobs(self, step_id: str) -> datetime:
         """The step's jobs that did not start are skipped (returned: their `finished_at`)."""

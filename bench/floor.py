@@ -80,6 +80,7 @@ def serve() -> None:
 
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
+    sock.listen(2048)  # before the port is told: the first call must find it listening
     print(sock.getsockname()[1], flush=True)
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
     asyncio.run(uvicorn.Server(config).serve(sockets=[sock]))

@@ -228,3 +228,25 @@ async def test_the_last_two_jobs_of_a_step_ending_at_once_settle_it(store: Store
     async with store.transaction() as tx:
         final = await tx.get_build(build.id)
     assert {s.label: s.state for s in final.steps if s.label} == {"a": "passed", "b": "running"}
+
+
+async def test_a_job_ending_unstarted_beside_live_jobs_still_starts_its_build(
+    store: Store,
+) -> None:
+    """A job whose start call failed is finished from `accepted`: its build counts it as
+    started, as advancing the build would say, though the build is not read."""
+    text = "steps:\n  - {label: a, command: a, parallelism: 2}\n"
+    async with store.transaction() as tx:
+        build = await scheduler.store_build(tx, scheduler.prepare_build("p", text))
+    job_id = build.jobs[0].id
+    async with store.transaction() as tx:
+        for old, new in (("scheduled", "assigned"), ("assigned", "accepted")):
+            await tx.require_transition(job_id, [old], new)
+    async with store.transaction() as tx:
+        await tx.require_transition(
+            job_id, ["accepted"], "finished", exit_status=-1, finished_at=utcnow()
+        )
+        await scheduler.job_ended(tx, await tx.get_job(job_id))
+    async with store.transaction() as tx:
+        now = await tx.get_build(build.id)
+    assert now.state == "running" and now.started_at is not None

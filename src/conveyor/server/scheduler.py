@@ -181,6 +181,10 @@ async def job_ended(tx: Tx, job: JobRow) -> None:
     sees the first as ended and advances."""
     await tx.lock_build(job.build_id)
     if await tx.step_has_live_jobs(job.step_id):
+        if job.started_at is None:
+            # It ended without starting (its start call failed): a build counts an ended job
+            # as started (`derive_state`), which advancing would have stored.
+            await tx.mark_build_started(job.build_id, utcnow())
         return
     await advance_build(tx, job.build_id)
 

@@ -12,7 +12,12 @@ meanwhile, as does the commit of a transaction that ran one.
 
 Blocking the event loop on a small statement is safe because nothing it could wait for is
 ours: the server has one connection (one transaction at a time), and the checkpoint loop's
-checkpoints are PASSIVE (they never hold a lock a writer waits for).
+checkpoints are PASSIVE (they never hold a lock a writer waits for). What it does not cover:
+another process writing the same database file (a second server on one data directory, an
+operator's sqlite3 shell holding a write transaction) now stalls the whole loop for up to the
+busy timeout, not one request; a commit that finds the log past the writer's checkpoint
+ceiling (the background loop fell that far behind) checkpoints on the loop; a read of large
+rows (a batch of log chunks) copies them on the loop.
 
 SQLAlchemy's aiosqlite adapter made four trips per statement: open a cursor, execute, fetch
 the rows, close the cursor. `OneTripConnection.cursor()` gives a cursor whose `execute` runs
@@ -89,6 +94,8 @@ class _Cursor:
     async def _call(self, sql: str, parameters: Any, many: bool) -> _Cursor:
         connection = self._connection
         conn = connection._conn
+        if many and not isinstance(parameters, list | tuple):
+            parameters = list(parameters)  # counted before it is run: not used up by counting
         if _parameters_size(parameters, many) <= INLINE_MAX_BYTES:
             outcome = _run(conn, sql, parameters, many)
         else:

@@ -23,17 +23,16 @@ running (a job started) → failing (a step failed, others still run) → passed
 from __future__ import annotations
 
 import dataclasses
-import fnmatch
-from collections.abc import Iterable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from conveyor.errors import ConveyorError, NotFoundError, PipelineError
-from conveyor.pipeline import BuildFacts, check_graph, parse_condition, parse_pipeline
+from conveyor.errors import ConveyorError, NotFoundError
+from conveyor.pipeline import check_graph, parse_pipeline
 from conveyor.protocol import BuildState, JobState
 from conveyor.server.buildstate import SETTLED, derive_state, latest_attempts, lineage
+from conveyor.server.conditions import skip_reason
 from conveyor.server.planner import plan_steps
 from conveyor.storage import Tx
 from conveyor.storage.queries.base import utcnow
@@ -186,7 +185,7 @@ async def job_ended(tx: Tx, job: JobRow) -> None:
             # as started (`derive_state`), which advancing would have stored.
             await tx.mark_build_started(job.build_id, utcnow())
         return
-    await advance_build(tx, job.build_id)
+    await _advance_locked(tx, job.build_id)
 
 
 async def advance_build(tx: Tx, build_id: str) -> BuildRow:
@@ -195,6 +194,11 @@ async def advance_build(tx: Tx, build_id: str) -> BuildRow:
     Returns the build as it now is. The build is read once; what each pass wrote is applied to
     those rows (see `_Edits`)."""
     await tx.lock_build(build_id)
+    return await _advance_locked(tx, build_id)
+
+
+async def _advance_locked(tx: Tx, build_id: str) -> BuildRow:
+    """`advance_build` once the build is locked."""
     token = _advancing.set(_advancing.get() | {build_id})
     try:
         build = await tx.get_build(build_id)
@@ -259,7 +263,7 @@ async def _settle_without_running(tx: Tx, step: StepRow, state: str, edits: _Edi
 
 async def _start(tx: Tx, build: BuildRow, step: StepRow, edits: _Edits) -> None:
     """The step's dependencies are settled: skip it, or run it as its kind says."""
-    reason = await _skip_reason(tx, build, step)
+    reason = await skip_reason(tx, build, step)
     if reason is not None:
         if reason.startswith("error: "):
             await _fail(tx, step, reason.removeprefix("error: "), edits)
@@ -285,58 +289,6 @@ async def _fail(tx: Tx, step: StepRow, error: str, edits: _Edits) -> None:
     await _settle_without_running(tx, step, "failed", edits)
     await _cancel_on_failing(tx, await tx.get_build(step.build_id), edits)
     edits.reread = True
-
-
-async def _skip_reason(tx: Tx, build: BuildRow, step: StepRow) -> str | None:
-    """Why the step does not run (`skip`, branches, `if`), or None. "error: ..." on a bad
-    `if` that could only be found out now (e.g. `${X:?}`)."""
-    config = step.config
-    if config.get("skip"):
-        return "skip"
-    for patterns in config.get("branches", []):
-        if not branch_matches(build.branch, patterns):
-            return "branches"
-    conditions = config.get("conditions", [])
-    if not conditions:
-        return None
-    facts = await _facts(tx, build)
-    for text in conditions:
-        try:
-            if not parse_condition(text).evaluate(facts):
-                return "if"
-        except PipelineError as exc:
-            return f"error: the 'if' expression {text!r} failed: {exc.problem}"
-    return None
-
-
-def branch_matches(branch: str, patterns: Iterable[str]) -> bool:
-    """Buildkite branch filters: any plain pattern matches (`*` wildcards), no `!` one does."""
-    patterns = list(patterns)
-    positive = [p for p in patterns if not p.startswith("!")]
-    negative = [p[1:] for p in patterns if p.startswith("!")]
-    if any(fnmatch.fnmatchcase(branch, p) for p in negative):
-        return False
-    return not positive or any(fnmatch.fnmatchcase(branch, p) for p in positive)
-
-
-async def _facts(tx: Tx, build: BuildRow) -> BuildFacts:
-    pipeline = await tx.get_pipeline(build.pipeline_slug)
-    tag = build.env.get("BUILDKITE_TAG") or build.env.get("CONVEYOR_TAG")
-    return BuildFacts(
-        branch=build.branch,
-        commit=build.commit,
-        message=build.message,
-        source=build.source,
-        tag=tag or None,
-        state=derive_state(build).value,
-        id=build.id,
-        number=build.number,
-        env=build.env,
-        pipeline_slug=pipeline.slug,
-        pipeline_id=pipeline.id,
-        pipeline_default_branch=pipeline.default_branch,
-        pipeline_repository=pipeline.repository,
-    )
 
 
 async def _running_outcome(
@@ -510,7 +462,6 @@ async def cancel_build(tx: Tx, build_id: str) -> BuildRow:
 __all__ = [
     "PreparedBuild",
     "advance_build",
-    "branch_matches",
     "cancel_build",
     "derive_state",
     "latest_attempts",

@@ -110,8 +110,10 @@ async def test_ctrl_c_cancels_and_leaves_no_process(tmp_path: Path) -> None:
     )
     async with background("run", "p.yml", cwd=tmp_path) as run:
         await run.line_starting("▶ sleeper: running", timeout=60)
+        # "running" is shown once the job's start is confirmed, which may be before its shell
+        # has written the file: wait for the file, then for its content.
         with anyio.fail_after(30):
-            while not (text := await anyio.Path(pidfile).read_text()).strip():
+            while not (text := await _read_if_there(pidfile)).strip():
                 await anyio.sleep(0.05)
         sleeper = int(text)
         os.kill(sleeper, 0)  # alive while the job runs
@@ -131,6 +133,13 @@ async def test_ctrl_c_cancels_and_leaves_no_process(tmp_path: Path) -> None:
     assert "✘ sleeper: canceled (exit status -1, cancel)" in output
     # The build itself is canceled: nothing of it is left to run later.
     assert "Build local#1: canceled" in output
+
+
+async def _read_if_there(path: Path) -> str:
+    try:
+        return await anyio.Path(path).read_text()
+    except FileNotFoundError:
+        return ""
 
 
 def process_state(pid: int) -> str | None:
